@@ -5,6 +5,8 @@ Subcommands:
   toy      train a toy-model preset (paper §3-4); write figures + toy.json
   theory   numerical summary of the theorems (Theorem 1–3) as JSON
   sad      sparse attention decomposition of a real model (IOI or text prompts); write sad.json + figures
+  emergence  train a small LM with checkpoints (or take a checkpoint series) and track SAD over training
+  gate     evaluate TOML analysis specs (CI gating of model analyses); exit 1 when a condition fails
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _cmd_sad(args: argparse.Namespace) -> int:
         prompts = text_prompts(lm.tokenizer, text, n, args.prompt_tokens)
     kw = dict(heads=heads, selection=args.selection, circuit=args.circuit, seed=args.seed, dtype=dtype, progress=progress)
     res = analyze(lm, prompts, **kw)
-    data = {"trained": res.to_json()}
+    data = {"trained": res.to_json(compact=args.compact)}
     base = None
     if args.baseline == "random-init":
         rl = load_model(args.model, revision=args.revision, random_init=True, seed=args.seed, progress=progress)
@@ -80,7 +82,7 @@ def _cmd_sad(args: argparse.Namespace) -> int:
             kw["heads"] = list(res.circuit) if res.selection == "circuit" else [(c.layer, c.head) for c in res.circuit]
         base = analyze(rl, prompts, **kw)
         con = contrast(res, base, seed=args.seed)
-        data["random_init"] = base.to_json()
+        data["random_init"] = base.to_json(compact=args.compact)
         data["contrast"] = con.to_json()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     # `svfcheck toy ...` is handed whole to `python -m svfcheck.toy` (see main); listed here for --help.
     sub.add_parser("toy", add_help=False, help="train a toy model preset; write figures + toy.json (svfcheck toy --help)")
 
+    # `svfcheck emergence|gate ...` are handed whole to their modules' main (see main).
+    sub.add_parser("emergence", add_help=False,
+                   help="train + analyse SAD over checkpoints (svfcheck emergence --help)")
+    sub.add_parser("gate", add_help=False, help="evaluate analysis specs; exit 1 on a failed condition (svfcheck gate --help)")
+
     t = sub.add_parser("theory", help="numerical summary of Theorems 1-3 (JSON)")
     t.add_argument("--out", default=None, help="directory for theory.json (default: print to stdout)")
     t.add_argument("--seed", type=int, default=0)
@@ -143,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", choices=("random-init",), default=None, help="also analyse a seeded random initialisation and contrast")
     s.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="decomposition dtype (default: float64 without RoPE/QK-norm, else float32)")
+    s.add_argument("--compact", action="store_true",
+                   help="write sad.json's per-pair fields as columns (one array per field) instead of one object per pair; "
+                        "same data, about half the size (read either form with svfcheck.real.sad.pair_rows)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_sad)
     return p
@@ -162,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         from svfcheck.toy.__main__ import main as toy_main
 
         return toy_main(argv[1:])
+    if argv[:1] == ["emergence"]:
+        from svfcheck.emergence.cli import main as emergence_main
+
+        return emergence_main(argv[1:])
+    if argv[:1] == ["gate"]:
+        from svfcheck.gate.cli import main as gate_main
+
+        return gate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
