@@ -219,6 +219,14 @@ class TrainConfig:
     ``threads``: torch intra-op threads during training (restored afterwards); ``None`` keeps
     the current setting. Default 1: the per-step ops are tiny, and with 2 OpenMP threads on a
     loaded 2-core machine a step was measured 20–50× slower (thread hand-off stalls).
+    ``manual_grad``: use the model's hand-derived gradient
+    (:meth:`~svfcheck.toy.model.ToyModel.losses_and_grads`, several times cheaper per instance in
+    a batch) instead of autograd; RoPE models always use autograd.
+    ``stop_aligned``: early stop (``None``: off). Training ends before ``steps`` once every
+    instance's alignment — the smaller of its query and key matching-free mean |cos| over the
+    pairs of interest, read at each record — has stayed ≥ ``stop_aligned`` at every record for
+    the last ``stop_patience`` steps ("until results stabilize", MATH.md §1). The cosine
+    schedule still spans ``steps``; the trajectory ends at the stopping step.
     """
 
     steps: int = 10_000
@@ -231,6 +239,9 @@ class TrainConfig:
     snapshots: bool = False
     progress: bool = True
     threads: int | None = 1
+    manual_grad: bool = True
+    stop_aligned: float | None = None
+    stop_patience: int = 5_000
 
     def __post_init__(self) -> None:
         if not _is_int(self.steps) or self.steps < 1:
@@ -245,6 +256,11 @@ class TrainConfig:
             raise ValueError(f"threads must be a positive integer or None; got {self.threads!r}")
         if not _is_int(self.chunk) or self.chunk < 1:
             raise ValueError(f"chunk must be a positive integer; got {self.chunk!r}")
+        if self.stop_aligned is not None and not (0.0 < float(self.stop_aligned) <= 1.0):
+            raise ValueError(f"stop_aligned must be a |cos| threshold in (0, 1] or None; got {self.stop_aligned!r}")
+        if not _is_int(self.stop_patience) or self.stop_patience < self.record_every:
+            raise ValueError(f"stop_patience must be an integer >= record_every ({self.record_every}) steps; "
+                             f"got {self.stop_patience!r}")
 
 
 def linear_pairs(k: int, offset: int, hi: float, step: float) -> tuple[tuple[int, int, float], ...]:

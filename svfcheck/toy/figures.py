@@ -3,8 +3,10 @@
 - :func:`cosine_heatmaps` — |cos| of every feature with every left/right singular vector (Fig. 2/11).
 - :func:`feature_gram` — |cos| between features (Fig. 1).
 - :func:`spectrum` — singular values against the target logits.
-- :func:`alignment_over_training` — per-pair index-matched |cos| and losses vs step (Fig. 3).
+- :func:`alignment_over_training` — per-pair index-matched |cos| and losses vs step.
+- :func:`training_dynamics` — Fig. 3: heatmaps at several steps + losses, spectrum, alignment.
 - :func:`sweep_curve` — a metric against a swept parameter (App. A figures, Fig. 4).
+- :func:`curves` — several series, each with its own x (e.g. runs of different lengths).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["cosine_heatmaps", "feature_gram", "spectrum", "alignment_over_training", "sweep_curve", "sad_bars"]
+__all__ = ["cosine_heatmaps", "feature_gram", "spectrum", "alignment_over_training", "training_dynamics",
+           "sweep_curve", "curves", "sad_bars"]
 
 
 def _save(fig, path) -> Path:
@@ -117,4 +120,79 @@ def sad_bars(sad: dict, path, title: str = "") -> Path:
     ax.bar([f"{c} pair(s)" for c in cls], means, yerr=stds, color=["C7", "C0", "C1"][: len(cls)])
     ax.set_ylabel("Rolls–Tovee S (lower = sparser)")
     ax.set_title(title or "SAD in the toy model")
+    return _save(fig, path)
+
+
+def training_dynamics(data: dict, path, title: str = "") -> Path:
+    """Fig. 3 from :func:`svfcheck.toy.dynamics.training_dynamics` data: one column per chosen
+    step with |cos| heatmaps of features × left singular vectors (top row, query side) and ×
+    right singular vectors (middle row, key side), the pairs of interest outlined at their
+    index-matched cells; bottom row: losses, top singular values (dotted: target logits) and
+    alignment over all recorded steps."""
+    panels = data["panels"]
+    cur = data["curves"]
+    k = len(panels)
+    n = len(panels[0]["cos_query"])
+    fig = plt.figure(figsize=(2.6 * max(k, 3), 0.22 * n * 2 + 4.2))
+    gs = fig.add_gridspec(3, max(k, 3), height_ratios=[0.11 * n, 0.11 * n, 1.6])
+    im = None
+    for c, pnl in enumerate(panels):
+        for r, (key, side) in enumerate((("cos_query", "u (query)"), ("cos_key", "v (key)"))):
+            ax = fig.add_subplot(gs[r, c])
+            M = np.asarray(pnl[key])
+            im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
+            for t, (a, b, _v) in enumerate(data["pairs"]):
+                if t < M.shape[1]:
+                    row = a if r == 0 else b
+                    ax.add_patch(plt.Rectangle((t - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=1.0))
+            ax.set_title(f"step {pnl['step']}: {side}", fontsize=8)
+            ax.set_yticks(range(0, M.shape[0], max(1, M.shape[0] // 10)))
+            ax.set_xticks(range(0, M.shape[1], max(1, M.shape[1] // 10)))
+            ax.tick_params(labelsize=5)
+            ax.set_xlabel("singular index", fontsize=7)
+            if c == 0:
+                ax.set_ylabel("feature", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=fig.axes, shrink=0.5, label="|cos|", location="right")
+    steps = np.asarray(cur["step"])
+    ax = fig.add_subplot(gs[2, 0])
+    ax.semilogy(steps, np.maximum(cur["loss_rec"], 1e-12), label="L_rec")
+    ax.semilogy(steps, np.maximum(cur["loss_attn"], 1e-12), label="L_attn")
+    ax.set_xlabel("step")
+    ax.set_title("losses", fontsize=8)
+    ax.legend(fontsize=6)
+    ax = fig.add_subplot(gs[2, 1])
+    S = np.asarray(cur["top_singular_values"], dtype=float)
+    for t in range(S.shape[1]):
+        ax.plot(steps, S[:, t], color=f"C{t}", label=f"s{t}")
+        if t < len(data["target_logits"]):
+            ax.axhline(data["target_logits"][t], color=f"C{t}", ls=":", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_title("top singular values (dotted: Λ)", fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
+    ax = fig.add_subplot(gs[2, 2])
+    for key, lab in (("alignment_index", "index-matched"), ("alignment_free", "matching-free")):
+        y = np.array([np.nan if v is None else v for v in cur[key]], dtype=float)
+        ax.plot(steps, y, label=lab)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("step")
+    ax.set_title("mean pair |cos| (min of query, key)", fontsize=8)
+    ax.legend(fontsize=6)
+    fig.suptitle(title or f"{data.get('config', '')}: training dynamics (Fig. 3)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves(series: dict, path, xlabel: str, ylabel: str = "", title: str = "") -> Path:
+    """One line per ``name: (x, y)`` — each series with its own x values."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (name, (x, y)) in enumerate(series.items()):
+        ax.plot(x, y, "-", color=f"C{i}", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
     return _save(fig, path)

@@ -8,8 +8,8 @@ exactly zero; padded head columns stay exactly zero). p, λ and Λ are per-insta
 :func:`svfcheck.toy.train.train_many` groups a list of configs by shape automatically.
 
 Per-instance independence: instance ``i`` draws its initial weights and all its data from its
-own ``numpy.random.Generator(PCG64(seed_i))`` (≈2× faster than torch's CPU generator), at its *own* (unpadded) shape, so its random
-stream does not depend on the other instances of the batch. Losses are summed over instances,
+own ``numpy.random.Generator(PCG64(seed_i))`` (≈2× faster than torch's CPU generator), at its
+*own* (unpadded) shape, so its random stream does not depend on the other instances of the batch. Losses are summed over instances,
 so each instance's gradient is its own; AdamW acts elementwise. An instance therefore follows
 the same trajectory in any batch up to floating-point re-association inside the batched matmuls
 (tested in ``tests/toy``).
@@ -23,7 +23,10 @@ keys of the step **(choice)**; logits ``ℓ_j = x_rᵀ W_Q W_Kᵀ x_{s_j}`` (no 
 
 Sampling **(choice)**: one uniform ``u ~ U[0,1)`` per feature gives both the Bernoulli(p)
 presence ``u < p`` and the strength ``u/p`` (which is U[0,1) given presence) — the same
-distribution as two draws at half the random numbers.
+distribution as two draws at half the random numbers. ``u`` is numpy's float32 uniform
+(24 random bits), drawn 64 bits at a time; a step's strengths are laid out feature-major
+(``Batch.fT``, N × tokens), and the trainer uses a hand-derived gradient in that layout
+(:meth:`ToyModel.losses_and_grads`; :meth:`ToyModel.losses` + autograd is the reference).
 
 Initialisation **(choice)**: W, W_Q, W_K Xavier-normal (std √(2/(fan_in+fan_out)) at the
 instance's own shape), b = 0.
@@ -52,13 +55,19 @@ def group_compatible(a: ToyConfig, b: ToyConfig) -> bool:
 
 @dataclass
 class Batch:
-    """Strengths of one step: ``fq`` (I, Q, N), ``fk`` (I, Q, m, N); positions for RoPE."""
+    """Strengths of one step: ``fq`` (I, Q, N), ``fk`` (I, Q, m, N); positions for RoPE.
+
+    ``fT`` (I, N, T), T = Q(1+m), is the feature-major array that :meth:`ToyModel.draw` fills
+    (``fq``/``fk`` are views of it): tokens ``0..Q−1`` are the queries and token ``Q + j·Q + q``
+    is key ``j`` of query ``q``. ``f`` (I, T, N) is an optional token-major copy (queries, then
+    the keys of query 0, of query 1, ...)."""
 
     fq: torch.Tensor
     fk: torch.Tensor
     pos_q: torch.Tensor | None = None  # (I, Q)
     pos_k: torch.Tensor | None = None  # (I, Q, m)
-    f: torch.Tensor | None = None  # (I, Q + Q·m, N): queries then keys (fq, fk are views of it)
+    f: torch.Tensor | None = None
+    fT: torch.Tensor | None = None
 
 
 class ToyModel(torch.nn.Module):
@@ -134,6 +143,7 @@ class ToyModel(torch.nn.Module):
         self.register_buffer("Lam", Lam)
         self.register_buffer("p", torch.tensor([c.p for c in configs], **f32))
         self.register_buffer("lam", torch.tensor([c.lam for c in configs], **f32))
+        self.register_buffer("p_neg_scaled", -self.p * 2.0**24)
         if self.rope is not None:
             theta = torch.tensor(self.rope.theta(H), **f32)  # (H/2,)
             self.register_buffer("theta", theta)
@@ -149,47 +159,80 @@ class ToyModel(torch.nn.Module):
             self.register_buffer("teacher", T_)
         else:
             self.teacher = None
-        self._buf: list[Batch] = []
+        self._buf: list = []
 
     # ---- data ---------------------------------------------------------------------------
+    _RAW_BUDGET = 1 << 22  # raw random numbers held at once (16 MB): bounds a chunk for large batches
+
+    def _draw_raw(self, steps: int):
+        """Raw 32-bit draws (I, steps, N, T) as an int32 tensor (zeros in padded features) and
+        RoPE positions (I, steps, T). Instance i consumes ``steps·n_i·T`` uint32 draws from its
+        own generator, step by step, feature-major: exactly the draws behind
+        ``g.random(dtype=float32)`` (numpy's float32 is ``(uint32 >> 8)·2⁻²⁴``), taken 64 bits at
+        a time (``random_raw``, ≈2× faster)."""
+        I, N, Q, m = self.I, self.N, self.Q, self.m
+        T = Q * (1 + m)
+        padded = any(c.n != N for c in self.configs)
+        raw = (torch.zeros if padded else torch.empty)((I, steps, N, T), dtype=torch.int32)
+        rawn = raw.numpy()
+        pos = np.zeros((I, steps, T), dtype=np.int64) if self.rope is not None else None
+        for i, (c, g) in enumerate(zip(self.configs, self.gens)):
+            count = steps * c.n * T
+            if (c.n * T) % 2 == 0:
+                r32 = g.bit_generator.random_raw(count // 2).view(np.int32).reshape(steps, c.n, T)
+            else:  # odd per-step count: let numpy buffer the spare half exactly as g.random would
+                u = g.random((steps, c.n, T), dtype=np.float32)
+                r32 = (u * np.float32(2.0**24)).astype(np.int32) << 8  # same 24 bits, raw layout
+            if c.n == N:
+                rawn[i] = r32
+            else:
+                rawn[i, :, : c.n] = r32
+            if pos is not None:
+                pos[i] = g.integers(self.rope.context, size=(steps, T))
+        return raw, (None if pos is None else torch.from_numpy(pos))
+
+    def _strengths(self, raw: torch.Tensor) -> torch.Tensor:
+        """Strengths float32 from raw draws (same shape): ``u = (raw >>> 8)·2⁻²⁴`` ~ U[0,1);
+        uniform: presence ``u < p``, strength ``u/p``; binary: ``1[u < p]``. Written with in-place
+        ops and ``threshold`` (this CPU build's boolean-mask ops are ~10× slower than arithmetic)."""
+        k = (raw >> 8).bitwise_and_(0xFFFFFF).to(torch.float32)  # exact integers < 2^24
+        if self.binary:
+            return (k.mul_(2.0**-24) < self.p[:, None, None]).float()
+        # u/p = k/(p·2^24) exactly (power-of-two scaling commutes with rounding); negate to use
+        # threshold (keeps x > −1, i.e. u < p, zeroes the rest), then negate back: exact.
+        y = k.div_(self.p_neg_scaled[:, None, None])
+        torch.nn.functional.threshold_(y, -1.0, 0.0)
+        return y.neg_()
+
+    def _batch(self, raw: torch.Tensor, pos: torch.Tensor | None) -> Batch:
+        I, N, Q, m = self.I, self.N, self.Q, self.m
+        fT = self._strengths(raw.to(self.device)).contiguous()  # (I, N, T)
+        fq = fT[:, :, :Q].transpose(1, 2)
+        fk = fT[:, :, Q:].reshape(I, N, m, Q).permute(0, 3, 2, 1)
+        b = Batch(fq=fq, fk=fk, fT=fT)
+        if pos is not None:
+            ps = pos.to(self.device)
+            b.pos_q, b.pos_k = ps[:, :Q], ps[:, Q:].reshape(I, m, Q).transpose(1, 2)
+        return b
+
     @torch.no_grad()
     def draw(self, steps: int) -> list[Batch]:
         """Draw ``steps`` batches; each instance from its own generator at its own shape."""
-        I, N, Q, m = self.I, self.N, self.Q, self.m
-        T = Q * (1 + m)
-        u = np.ones((I, steps, T, N), dtype=np.float32)
-        pos = np.zeros((I, steps, T), dtype=np.int64) if self.rope is not None else None
-        for i, (c, g) in enumerate(zip(self.configs, self.gens)):
-            if c.n == N:
-                g.random(out=u[i], dtype=np.float32)
-            else:
-                u[i, :, :, : c.n] = g.random((steps, T, c.n), dtype=np.float32)
-            if pos is not None:
-                pos[i] = g.integers(self.rope.context, size=(steps, T))
-        u = torch.from_numpy(u)
-        if pos is not None:
-            pos = torch.from_numpy(pos)
-        u = u.to(self.device)
-        out = []
-        p = self.p[:, None, None]
-        for s in range(steps):
-            us = u[:, s]
-            if self.binary:
-                fs = (us < p).float()
-            else:  # presence u < p, strength u/p (U[0,1) given presence); done per step (cache-friendly)
-                fs = us / p
-                fs = fs * (fs < 1.0)
-            b = Batch(fq=fs[:, :Q], fk=fs[:, Q:].reshape(I, Q, m, N), f=fs)
-            if pos is not None:
-                ps = pos[:, s].to(self.device)
-                b.pos_q, b.pos_k = ps[:, :Q], ps[:, Q:].reshape(I, Q, m)
-            out.append(b)
-        return out
+        raw, pos = self._draw_raw(steps)
+        return [self._batch(raw[:, s], None if pos is None else pos[:, s]) for s in range(steps)]
 
+    @torch.no_grad()
     def next_batch(self, chunk: int) -> Batch:
+        """The next step's batch. Raw draws are taken ``chunk`` steps at a time (capped so that a
+        large batch holds at most ``_RAW_BUDGET`` numbers) and turned into strengths one step at a
+        time (cache-friendly). Without RoPE the chunk size does not change the data (each
+        instance's stream is sequential); with RoPE positions are drawn after each chunk's strengths."""
         if not self._buf:
-            self._buf = self.draw(chunk)[::-1]
-        return self._buf.pop()
+            per_step = self.I * self.N * self.Q * (1 + self.m)
+            steps = max(1, min(int(chunk), self._RAW_BUDGET // per_step))
+            raw, pos = self._draw_raw(steps)
+            self._buf = [(raw[:, s], None if pos is None else pos[:, s]) for s in range(steps)][::-1]
+        return self._batch(*self._buf.pop())
 
     # ---- forward ------------------------------------------------------------------------
     def _rotate(self, h: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -250,6 +293,77 @@ class ToyModel(torch.nn.Module):
                 tgt = self.target_logits(fq, fk, batch.pos_q, batch.pos_k)
             pi_star = torch.softmax(tgt, dim=-1)
         L_attn = -(pi_star * torch.log_softmax(logits, dim=-1)).sum(-1).mean(-1)
+        return L_rec, L_attn
+
+    @torch.no_grad()
+    def losses_and_grads(self, batch: Batch, reconstruction: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-instance (L_rec, L_attn) as :meth:`losses`, and the gradient of
+        ``Σ_i L_rec,i + λ_i L_attn,i`` written into ``.grad`` of the parameters that require one.
+
+        A hand-derived backward pass in the feature-major layout of ``batch.fT``, used by the
+        trainer instead of autograd (equality with autograd is tested in tests/toy). Why: a step
+        of a 25-instance batch is bound by memory traffic over the (I, N, T) arrays; autograd's
+        graph walks them ~20 times (masks, pow, broadcast products, token-major matmuls with a
+        transposed operand), this ~10 times with contiguous matmuls, and a 1-instance step skips
+        the graph's Python overhead. Padded features and head columns need no masks: their
+        weights, data and hence gradients are exactly zero. RoPE models use :meth:`losses`.
+
+        Per instance (columns = tokens): ``X = W F``, ``Z = Wᵀ X + b``, ``E = ReLU(Z) − F``,
+        ``L_rec = ‖E‖²/T``, ``∂L_rec/∂Z = (2/T) E ⊙ 1[Z>0]``. Head: ``q = W_Qᵀ x_r``, ``k_j = W_Kᵀ x_j``,
+        ``ℓ_j = q·k_j``, ``∂(λ L_attn)/∂ℓ = (λ/Q)(softmax ℓ − π*)``. ``∂/∂W`` collects W's two
+        roles: decoder ``X (∂Z)ᵀ`` and encoder ``(∂X) Fᵀ`` with ``∂X = W ∂Z + W_Q ∂q + W_K ∂k``.
+        """
+        if self.rope is not None:
+            raise ValueError("losses_and_grads does not support RoPE; use losses() with autograd")
+        if batch.fT is None:
+            raise ValueError("losses_and_grads needs the feature-major batch.fT (from ToyModel.draw/next_batch)")
+        F = batch.fT
+        I, N, T = F.shape
+        Q, m = self.Q, self.m
+        W, WQ, WK = self.W, self.WQ, self.WK
+        H = WQ.shape[-1]
+        X = torch.bmm(W, F)  # (I,d,T)
+        Xq, Xk = X[:, :, :Q], X[:, :, Q:]
+        q = torch.bmm(WQ.transpose(1, 2), Xq)  # (I,H,Q)
+        k = torch.bmm(WK.transpose(1, 2), Xk).view(I, H, m, Q)  # key j of query q at [:, :, j, q]
+        logits = (k * q[:, :, None, :]).sum(1)  # (I,m,Q)
+        if self.teacher is not None:  # ℓ* = x_rᵀ M_T x_s (no gradient through the target)
+            tq = torch.bmm(self.teacher.transpose(1, 2), Xq)  # (I,d,Q)
+            tgt = (Xk.reshape(I, -1, m, Q) * tq[:, :, None, :]).sum(1)
+        else:
+            tq = torch.bmm(self.Lam.transpose(1, 2), F[:, :, :Q])  # (I,N,Q): Λᵀ f_r
+            tgt = (F[:, :, Q:].reshape(I, N, m, Q) * tq[:, :, None, :]).sum(1)
+        pi_star = torch.softmax(tgt, dim=1)
+        logp = torch.log_softmax(logits, dim=1)
+        L_attn = -(pi_star * logp).sum(1).mean(-1)
+        dl = (logp.exp_() - pi_star).mul_((self.lam / Q)[:, None, None])  # (I,m,Q) = ∂(λ L_attn)/∂ℓ
+        dq = (k * dl[:, None]).sum(2)  # (I,H,Q)
+        dk = (q[:, :, None, :] * dl[:, None]).view(I, H, m * Q)  # (I,H,Q·m)
+        if WQ.requires_grad:
+            WQ.grad = torch.bmm(Xq, dq.transpose(1, 2))
+            WK.grad = torch.bmm(Xk, dk.transpose(1, 2))
+        train_W = W.requires_grad
+        dX = None
+        if reconstruction:
+            Z = torch.baddbmm(self.b[:, :, None], W.transpose(1, 2), X)  # (I,N,T)
+            E = torch.relu(Z).sub_(F)
+            L_rec = torch.linalg.vector_norm(E.view(I, -1), dim=1).square_().div_(T)
+            if self.b.requires_grad or train_W:
+                dZ = torch.ops.aten.threshold_backward(E, Z, 0.0)  # E ⊙ 1[Z>0]; the factor 2/T comes below
+                if self.b.requires_grad:
+                    self.b.grad = dZ.sum(2).mul_(2.0 / T)
+                if train_W:
+                    gW = torch.bmm(X, dZ.transpose(1, 2)).mul_(2.0 / T)  # decoder role
+                    dX = torch.bmm(W * (2.0 / T), dZ)
+        else:
+            L_rec = torch.zeros(I, device=X.device)
+        if train_W:
+            if dX is None:
+                gW = torch.zeros_like(W)
+                dX = torch.zeros_like(X)
+            dX[:, :, :Q] += torch.bmm(WQ, dq)
+            dX[:, :, Q:] += torch.bmm(WK, dk)
+            W.grad = gW.baddbmm_(dX, F.transpose(1, 2))  # encoder role
         return L_rec, L_attn
 
     # ---- state --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import figures
 from .config import TrainConfig, preset
+from .dynamics import training_dynamics
 from .metrics import check_alignment
 from .sad import sad_over_training, toy_sad
 from .train import train_many
@@ -67,8 +68,11 @@ def run_preset(
                                              title=f"{name}: feature cosines"),
         "spectrum": figures.spectrum(first.summary, out / f"{name}_spectrum.png", title=f"{name}: spectrum of Ω"),
         "alignment_over_training": figures.alignment_over_training(
-            first.trajectory, cfg.pairs_of_interest, out / f"{name}_training.png", title=f"{name}: training dynamics"),
+            first.trajectory, cfg.pairs_of_interest, out / f"{name}_training.png", title=f"{name}: alignment over training"),
     }
+    dyn = training_dynamics(cfg, first.trajectory)
+    figs["training_dynamics"] = figures.training_dynamics(
+        dyn, out / f"{name}_dynamics.png", title=f"{name} (seed {first.seed}): training dynamics (Fig. 3)")
     sad_traj = None
     if sad is not None:
         figs["sad"] = figures.sad_bars(sad, out / f"{name}_sad.png", title=f"{name}: SAD (Rolls–Tovee S)")
@@ -94,6 +98,7 @@ def run_preset(
         "sad": sad,
         "sad_per_seed": None if sads is None else {str(r.seed): x["classes"] for r, x in zip(res.instances, sads)},
         "sad_over_training": sad_traj,
+        "training_dynamics": dyn,
         "figures": {k: str(v) for k, v in figs.items()},
     }
     result = to_jsonable(result)
@@ -136,12 +141,15 @@ SWEEPS = {
 }
 
 
-def run_sweeps(out_dir, seeds: Sequence[int] = (0,), steps: int = 10_000, p_steps: int = 20_000,
-               sweeps: dict | None = None, workers: int = 1, progress: bool = True, device: str = "cpu") -> dict:
+def run_sweeps(out_dir, seeds: Sequence[int] = (0,), steps: int = 10_000, p_steps: int = 80_000,
+               sweeps: dict | None = None, workers: int = 1, progress: bool = True, device: str = "cpu",
+               p_stop: float | None = 0.9, p_patience: int = 5_000) -> dict:
     """App. A robustness sweeps of the default config; writes ``sweep_*.png`` and ``sweeps.json``.
 
     For each swept value: final matching-free and index-matched mean |cos| (seed mean) and the
-    arrival step of alignment (:func:`arrival_step`). The p sweep uses ``p_steps``.
+    arrival step of alignment (:func:`arrival_step`). The p sweep has the paper's budget of up
+    to ``p_steps`` (80k) steps, each p value stopping early once aligned and stable
+    (``TrainConfig.stop_aligned=p_stop`` for ``p_patience`` steps; ``p_stop=None``: no early stop).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,9 +160,12 @@ def run_sweeps(out_dir, seeds: Sequence[int] = (0,), steps: int = 10_000, p_step
         field = {"lam": "lam", "p": "p", "n": "n", "d_h": "d_h", "m": "m"}[key]
         cfgs = [D.with_(**{field: v}, name=f"{key}={v}") for v in values]
         t0 = time.perf_counter()
-        res = train_many(cfgs, seeds=seeds, tcfg=TrainConfig(steps=p_steps if key == "p" else steps,
-                                                             progress=progress, record_every=250),
-                         device=device, workers=workers)
+        if key == "p":
+            tcfg = TrainConfig(steps=p_steps, progress=progress, record_every=250, stop_aligned=p_stop,
+                               stop_patience=max(250, p_patience))
+        else:
+            tcfg = TrainConfig(steps=steps, progress=progress, record_every=250)
+        res = train_many(cfgs, seeds=seeds, tcfg=tcfg, device=device, workers=workers, separate_configs=key == "p")
         rows = []
         for v, c in zip(values, cfgs):
             rs = [r for r in res.instances if r.config == c]
@@ -164,7 +175,7 @@ def run_sweeps(out_dir, seeds: Sequence[int] = (0,), steps: int = 10_000, p_step
                    for r in rs]
             arr = [arrival_step(r.trajectory) for r in rs]
             rows.append({"value": v, "matching_free": float(np.mean(free)), "index_matched": float(np.mean(idx)),
-                         "arrival_steps": arr,
+                         "arrival_steps": arr, "steps_trained": [int(r.trajectory["step"][-1]) for r in rs],
                          "aligned": all(check_alignment(r.summary, ordered=False, matching_free=True).ok for r in rs)})
         result["sweeps"][key] = {"rows": rows, "seconds": time.perf_counter() - t0}
         xs = [r["value"] for r in rows]
@@ -174,14 +185,13 @@ def run_sweeps(out_dir, seeds: Sequence[int] = (0,), steps: int = 10_000, p_step
                             title=f"alignment vs {key} (seed mean)")
         if key == "p":
             curves = {}
-            for c in cfgs:
+            for c in cfgs:  # first seed; each p has its own length (early stop)
                 r = next(r for r in res.instances if r.config == c)
                 q = np.asarray(r.trajectory["query_free"], dtype=float).mean(1)
                 k = np.asarray(r.trajectory["key_free"], dtype=float).mean(1)
-                curves[c.name] = np.minimum(q, k)
-            steps_axis = next(iter(res.instances)).trajectory["step"]
-            figures.sweep_curve(steps_axis, curves, out / "sweep_p_over_training.png", xlabel="step",
-                                ylabel="matching-free mean |cos|", title="alignment over training by p (Fig. 13)")
+                curves[c.name] = (r.trajectory["step"], np.minimum(q, k))
+            figures.curves(curves, out / "sweep_p_over_training.png", xlabel="step",
+                           ylabel="matching-free mean |cos|", title="alignment over training by p (Fig. 13)")
     result = to_jsonable(result)
     (out / "sweeps.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -104,6 +104,12 @@ def _record(model: ToyModel, traj: list[dict], step: int, L_rec, L_attn, snapsho
         traj[i].append(rec)
 
 
+def _aligned(rec: dict, threshold: float) -> bool:
+    """Early-stop criterion of one record: min(query, key) matching-free mean |cos| ≥ threshold."""
+    q, k = rec["query_free"], rec["key_free"]
+    return bool(q) and min(float(np.mean(q)), float(np.mean(k))) >= threshold
+
+
 def _stack(recs: list[dict]) -> dict:
     out: dict = {}
     for k in recs[0] if recs else []:
@@ -132,18 +138,23 @@ def _train(model: ToyModel, tcfg: TrainConfig, desc: str) -> list[InstanceResult
         model.b.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     total = tcfg.steps
+    manual = tcfg.manual_grad and model.rope is None
     if tcfg.cosine:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     else:
         sched = None
     traj: list[list[dict]] = [[] for _ in range(model.I)]
+    streak: list[int | None] = [None] * model.I  # early stop: first step of the current aligned run
     last_good = model.state()
     L_rec = L_attn = None
     bar = tqdm(total=total, desc=desc, disable=not tcfg.progress, mininterval=1.0, leave=False)
     try:
         for step in range(total + 1):
             batch = model.next_batch(tcfg.chunk)
-            L_rec, L_attn = model.losses(batch, reconstruction=tcfg.train_features)
+            if manual:  # loss and hand-derived gradient in one pass (ToyModel.losses_and_grads)
+                L_rec, L_attn = model.losses_and_grads(batch, reconstruction=tcfg.train_features)
+            else:
+                L_rec, L_attn = model.losses(batch, reconstruction=tcfg.train_features)
             loss_i = L_rec + model.lam * L_attn
             fin = torch.isfinite(loss_i)
             if not bool(fin.all()):
@@ -157,11 +168,20 @@ def _train(model: ToyModel, tcfg: TrainConfig, desc: str) -> list[InstanceResult
                 )
             if step % tcfg.record_every == 0 or step == total:
                 _record(model, traj, step, L_rec.detach().cpu().numpy(), L_attn.detach().cpu().numpy(), tcfg.snapshots)
+                if tcfg.stop_aligned is not None:
+                    for i in range(model.I):
+                        if _aligned(traj[i][-1], tcfg.stop_aligned):
+                            streak[i] = step if streak[i] is None else streak[i]
+                        else:
+                            streak[i] = None
+                    if all(s_ is not None and step - s_ >= tcfg.stop_patience for s_ in streak):
+                        break
             if step == total:
                 break
             last_good = model.state()
-            opt.zero_grad(set_to_none=True)
-            loss_i.sum().backward()
+            if not manual:
+                opt.zero_grad(set_to_none=True)
+                loss_i.sum().backward()
             opt.step()
             if sched is not None:
                 sched.step()
@@ -188,6 +208,7 @@ def train_many(
     device: str = "cpu",
     pad: str = "head",
     workers: int = 1,
+    separate_configs: bool = False,
 ) -> TrainResult:
     """Train every config × seed; batch instances that share a group shape.
 
@@ -198,7 +219,9 @@ def train_many(
     ``pad="none"`` batches identical shapes only. ``workers > 1`` (CPU only) splits the groups
     into that many roughly equal sub-batches and trains them in parallel processes (spawned,
     one torch thread each); an instance's result does not depend on its sub-batch (see
-    :mod:`svfcheck.toy.model`), so this changes wall time only.
+    :mod:`svfcheck.toy.model`), so this changes wall time only. ``separate_configs=True`` gives
+    every distinct config its own batched model (its seeds): with ``TrainConfig.stop_aligned``
+    each config then stops as soon as its own instances are aligned and stable.
     """
     if isinstance(configs, ToyConfig):
         configs = [configs]
@@ -219,6 +242,8 @@ def train_many(
             same = {"all": group_compatible(c0, c),
                     "head": group_compatible(c0, c) and c0.n == c.n,
                     "none": c0.shape_key == c.shape_key}[pad]
+            if separate_configs:
+                same = c0 == c
             if same:
                 g.append(idx)
                 break

@@ -111,6 +111,9 @@ def test_lambda_nonfinite_matrix():
         (dict(record_every=0), "record_every"),
         (dict(chunk=0), "chunk"),
         (dict(threads=0), "threads"),
+        (dict(stop_aligned=0.0), "stop_aligned"),
+        (dict(stop_aligned=1.5), "stop_aligned"),
+        (dict(stop_patience=100, record_every=250), "stop_patience"),
     ],
 )
 def test_train_config_rejects(kw, match):

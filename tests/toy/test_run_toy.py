@@ -20,7 +20,9 @@ def test_run_default_writes_figures_and_json(tmp_path):
     assert isinstance(data["all_aligned"], bool)
     for name, path in res["figures"].items():
         assert (tmp_path / path.split("/")[-1]).exists(), name
-    assert {"cosine_heatmaps", "spectrum", "alignment_over_training", "sad", "sad_over_training"} <= set(res["figures"])
+    assert {"cosine_heatmaps", "spectrum", "alignment_over_training", "training_dynamics", "sad",
+            "sad_over_training"} <= set(res["figures"])
+    assert data["training_dynamics"]["panels"][-1]["step"] == 60  # Fig. 3 data in the JSON
 
 
 def test_module_cli(tmp_path, capsys):
@@ -76,3 +78,44 @@ def test_anisotropy_runs_small():
     assert [s["eps"] for s in r["summary"]] == [0.0, 0.5]
     assert r["summary"][1]["cos_bound_paper"] is None  # η ≥ 1 there: bound does not apply
     assert all(0 <= row["raw"] <= 1 + 1e-9 and 0 <= row["anti_whitened"] <= 1 + 1e-9 for row in r["rows"])
+
+
+def test_training_dynamics_data_and_figure(tmp_path):
+    """Fig. 3 data from a short real trajectory: panels at the first, last and log-spaced steps;
+    each heatmap equals the |cos| matrix recomputed from that step's snapshot; curves cover every
+    recorded step; the figure is a PNG."""
+    from svfcheck.toy import figures
+    from svfcheck.toy.config import ToyConfig, TrainConfig
+    from svfcheck.toy.dynamics import training_dynamics
+    from svfcheck.toy.train import train_many
+
+    cfg = ToyConfig()
+    r = train_many(cfg, seeds=[0], tcfg=TrainConfig(steps=80, record_every=10, progress=False, snapshots=True)).instances[0]
+    d = training_dynamics(cfg, r.trajectory, n_panels=4)
+    assert [p["step"] for p in d["panels"]][0] == 0 and d["panels"][-1]["step"] == 80
+    assert len(d["panels"]) == 4 and d["curves"]["step"] == list(range(0, 81, 10))
+    for p in d["panels"]:
+        j = r.trajectory["step"].index(p["step"])
+        Wn = r.trajectory["W"][j] / np.linalg.norm(r.trajectory["W"][j], axis=0)
+        assert np.allclose(p["cos_query"], np.abs(Wn.T @ r.trajectory["U"][j]), atol=1e-12)
+        assert np.allclose(p["cos_key"], np.abs(Wn.T @ r.trajectory["V"][j]), atol=1e-12)
+        assert p["pair_query_cos"][1] == p["cos_query"][1][1] and p["pair_key_cos"][1] == p["cos_key"][5][1]
+    assert np.shape(d["curves"]["top_singular_values"]) == (9, 4)
+    path = figures.training_dynamics(d, tmp_path / "dyn.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    json.dumps(d)
+
+
+def test_training_dynamics_bad_input():
+    from svfcheck.toy.config import ToyConfig
+    from svfcheck.toy.dynamics import panel_indices, training_dynamics
+
+    with pytest.raises(ValueError, match="snapshots"):
+        training_dynamics(ToyConfig(), {"step": [0, 10], "spectrum": [[1.0], [1.0]]})
+    with pytest.raises(ValueError, match="n_panels"):
+        panel_indices([0, 10, 20], n_panels=1)
+    with pytest.raises(ValueError, match="no recorded steps"):
+        panel_indices([])
+    # interior panel at the geometric middle of (first non-zero record, last): √(10·1000) = 100 → step 40
+    assert panel_indices([0, 10, 20, 30, 40, 1000], n_panels=3) == [0, 4, 5]
+    assert panel_indices([0, 10, 20], n_panels=4) == [0, 1, 2]

@@ -72,6 +72,38 @@ def test_single_pair(toy_main, seed):
     assert s["orthogonality"]["max_abs_cos"] <= 0.05, s["orthogonality"]["max_abs_cos"]
 
 
+# ---- 100 features, 20 pairs (paper §4) -----------------------------------------------------
+
+def _f100_check(summary):
+    """All 20 pairs align, matching-free: every pair's query and key feature has |cos| ≥ 0.9 with
+    some singular vector. 0.9 is the issue's alignment threshold, applied to every pair (not the
+    mean) because the claim is that *all* pairs align; by chance (random unit vectors in R^50
+    against 50 orthonormal directions) the max |cos| is ≈ 0.4, so 0.9 is far from chance.
+    Matching-free because the two lowest-logit pairs may share one singular vector (measured:
+    pairs 18 and 19 both on index 18 after 10k steps, s_19 ≈ 0.16), so index order is not
+    asserted."""
+    return check_alignment(summary, min_mean_cos=0.9, min_each_cos=0.9, ordered=False, matching_free=True)
+
+
+def test_100_features_all_20_pairs_align(toy_main, record_property):
+    r = toy_main["100-features"][0]
+    al = r.summary["alignment"]
+    record_property("f100_alignment", json.dumps(
+        {"query_free": al["query_free"], "key_free": al["key_free"], "query_argmax": al["query_argmax"],
+         "key_argmax": al["key_argmax"], "spectrum": r.summary["spectrum"][:22]}, default=float))
+    assert len(al["pairs"]) == 20
+    chk = _f100_check(r.summary)
+    assert chk.ok, f"{chk.failures} {_fig(chk)}"
+
+
+def test_100_features_negative_control_untrained_fails():
+    from svfcheck.toy.config import preset
+
+    cfg = preset("100-features")
+    s = summarize(cfg, ToyModel([cfg], [0]).instance_weights(0))
+    assert not _f100_check(s).ok
+
+
 # ---- negative controls -------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", DEFAULT_SEEDS)
@@ -133,17 +165,44 @@ def test_p_sweep_final_alignment(toy_psweep, p):
         assert chk.ok, f"p={p} seed {seed}: {chk.failures} {_fig(chk)}"
 
 
+# Measured (seeds 0, 1; budget 80k steps with the early stop of conftest.py; 2 CPU cores): first
+# recorded step from which the matching-free alignment stays ≥ 0.9 —
+#   p = 1: 4000, 3250 | 0.5: 1000, 1250 | 0.25: 2500, 1500 | 0.1: 8500, 1000 | 0.05: 1500, 1500
+# seed means 3625 / 1125 / 2000 / 4750 / 1500, Spearman ρ(p, arrival) = 0.00. Every p aligns (see
+# test_p_sweep_final_alignment), but not earlier for larger p: p = 1 (every feature in every
+# token) is slower than p = 0.5, and at p ≤ 0.1 pairs align early by sharing singular vectors
+# (query argmax e.g. [0, 2, 1, 0] at p = 0.05). With a 20k budget the curve was also U-shaped
+# (3875/1125/2625/1125/8375). Kept as a strict xfail with these figures (Fig. 13 not reproduced).
+_ARRIVAL_XFAIL = ("Fig. 13 trend not reproduced: matching-free arrival steps (seed mean, 80k budget) "
+                  "p=1: 3625, 0.5: 1125, 0.25: 2000, 0.1: 4750, 0.05: 1500; Spearman rho = 0.00")
+
+
+@pytest.mark.xfail(strict=True, reason=_ARRIVAL_XFAIL)
 def test_p_sweep_alignment_arrives_earlier_for_larger_p(toy_psweep, record_property):
     """Fig. 13: alignment arrives earlier in training the larger p. Asserted as a negative rank
-    correlation between p and the seed-mean arrival step, over the whole swept range."""
+    correlation between p and the seed-mean arrival step (:func:`arrival_step`: first recorded
+    step from which the matching-free alignment stays ≥ 0.9) over the whole swept range. The
+    curve is recorded (``arrival_step_by_p`` property; ``p_sweep_arrival.json`` in
+    ``$SVFCHECK_TOY_OUT`` when set) before the assertion."""
+    import os
+    from pathlib import Path
+
     from scipy.stats import spearmanr
 
-    curve = {}
+    per_seed, curve = {}, {}
     for p in PS:
-        arr = [arrival_step(r.trajectory) for r in toy_psweep[f"p{p:g}"].values()]
-        assert all(a is not None for a in arr), f"p={p} never aligned: {arr}"
-        curve[p] = float(np.mean(arr))
-    record_property("arrival_step_by_p", json.dumps(curve))
+        runs = toy_psweep[f"p{p:g}"]
+        per_seed[p] = {s: {"arrival": arrival_step(r.trajectory), "stopped_at": int(r.trajectory["step"][-1])}
+                       for s, r in runs.items()}
+        arr = [v["arrival"] for v in per_seed[p].values()]
+        curve[p] = float(np.mean(arr)) if all(a is not None for a in arr) else None
+    rec = {"arrival_seed_mean": curve, "per_seed": per_seed}
+    record_property("arrival_step_by_p", json.dumps(rec))
+    out = os.environ.get("SVFCHECK_TOY_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "p_sweep_arrival.json").write_text(json.dumps(rec, indent=1))
+    assert all(v is not None for v in curve.values()), f"some p never aligned: {per_seed}"
     rho = spearmanr(list(curve), list(curve.values())).statistic
     assert rho < 0, f"arrival steps by p: {curve} (Spearman ρ = {rho:.2f})"
 
@@ -187,17 +246,16 @@ def test_rope_band_allocation(toy_main, record_property):
 
 # ---- §5 / App. F: sparse attention decomposition in the toy ---------------------------------
 
-# Seed 0 breaks the ordering at S(0) — measured S1 = 0.100, S2 = 0.154, S0 = 0.153 after 10k
-# steps. The "no pair present" class is decomposed over the leftover singular values, which
-# AdamW's weight decay shrinks until one of them (≈0.04) dominates, so class 0 looks sparse for
-# a trivial reason (default_sad_over_training.png shows the ordering holding earlier in
-# training). Kept as a strict xfail rather than averaging the seeds until it passes.
-_SAD_XFAIL = {0: "seed 0: S(0 pairs)=0.153 < S(2 pairs)=0.154 after 10k steps (weight decay "
-                 "shrinks the leftover singular values; see the comment above)"}
+# Measured after 10k steps (n_samples 2000, probe seed = model seed), mean S for 0 / 1 / 2 pairs:
+#   seed 0: 0.166 / 0.100 / 0.154   seed 1: 0.265 / 0.100 / 0.155   seed 2: 0.247 / 0.100 / 0.155
+#   seed 3: 0.187 / 0.100 / 0.154   seed 4: 0.199 / 0.100 / 0.155
+# Seed 0's margin S(0) − S(2) is thin: with the earlier trainer (autograd, token-major data:
+# same seeds and distribution, other draws) it was 0.153 vs 0.154 and this was a strict xfail.
+# Class 0 is decomposed over the leftover singular values, which weight decay shrinks until one
+# of them dominates, so S(0) drifts down late in training (default_sad_over_training.png).
 
 
-@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_SAD_XFAIL[s]))
-                                  if s in _SAD_XFAIL else s for s in DEFAULT_SEEDS])
+@pytest.mark.parametrize("seed", DEFAULT_SEEDS)
 def test_sad_ordering(toy_main, seed):
     """Fig. 7a: mean Rolls–Tovee S with one pair present < two pairs < no pair."""
     r = toy_main["default"][seed]
@@ -258,3 +316,30 @@ def test_anisotropy_rank1_bound_whitened(toy_aniso):
         checked += 1
         assert row["raw_min"] >= row["cos_bound_rank1"] - slack, row
     assert checked >= 4
+
+
+# ---- Fig. 3: training dynamics -----------------------------------------------------------
+
+def test_training_dynamics_fig3_from_trajectory(toy_main, record_property):
+    """The Fig. 3 figure's data comes from the real recorded trajectory: at step 0 the pairs of
+    interest are not aligned (mean index-matched |cos| < 0.9, the claim's own threshold, on both
+    sides), at the last step they are (≥ 0.9), and the last heatmaps equal the final model's
+    |cos| matrices computed independently by ``summarize`` (same float64 SVD of the same weights:
+    tolerance 1e-6 for SVD round-off; |cos| is sign-free)."""
+    from svfcheck.toy.dynamics import training_dynamics
+
+    r = toy_main["default"][0]
+    d = training_dynamics(r.config, r.trajectory)
+    first, last = d["panels"][0], d["panels"][-1]
+    record_property("fig3_panel_pair_cos", json.dumps(
+        {p["step"]: [round(float(np.mean(p["pair_query_cos"])), 3), round(float(np.mean(p["pair_key_cos"])), 3)]
+         for p in d["panels"]}))
+    assert first["step"] == 0 and last["step"] == r.trajectory["step"][-1] and len(d["panels"]) >= 3
+    assert np.mean(first["pair_query_cos"]) < 0.9 and np.mean(first["pair_key_cos"]) < 0.9, first
+    assert np.mean(last["pair_query_cos"]) >= 0.9 and np.mean(last["pair_key_cos"]) >= 0.9
+    assert np.allclose(last["cos_query"], r.summary["cos_query"], atol=1e-6)
+    assert np.allclose(last["cos_key"], r.summary["cos_key"], atol=1e-6)
+    curves = d["curves"]
+    assert curves["alignment_index"][0] < 0.9 <= curves["alignment_index"][-1]
+    # the top singular value grows from its initial size towards the largest target logit (24)
+    assert curves["top_singular_values"][-1][0] > 3 * curves["top_singular_values"][0][0]
