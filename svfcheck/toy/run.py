@@ -90,7 +90,7 @@ def run_preset(
         "seeds": list(seeds),
         "steps": steps,
         "seconds": seconds,
-        "instance_steps_per_second": steps * len(res.instances) / seconds,
+        "instance_steps_per_second": res.instance_steps / seconds,
         "all_aligned": all(i["check"]["ok"] for i in instances),
         "mean_query_cos": float(np.nanmean(qi)) if qi.size else None,
         "mean_key_cos": float(np.nanmean(ki)) if ki.size else None,

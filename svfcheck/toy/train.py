@@ -65,8 +65,21 @@ class TrainResult:
     groups: int
 
     @property
+    def instance_steps(self) -> int:
+        """Optimizer steps actually taken, summed over instances (an early stop ends a group
+        before ``steps``; its last recorded step is where it stopped)."""
+        total = 0
+        for r in self.instances:
+            st = r.trajectory.get("step") if r.trajectory else None
+            total += int(st[-1]) if st is not None and len(st) else self.steps
+        return total
+
+    @property
     def steps_per_second(self) -> float:
-        return self.steps * self.groups / self.seconds if self.seconds > 0 else float("inf")
+        """Model steps per second: mean steps actually taken per instance × batched groups."""
+        if self.seconds <= 0:
+            return float("inf")
+        return self.instance_steps / max(len(self.instances), 1) * self.groups / self.seconds
 
 
 def make_model(configs: Sequence[ToyConfig], seeds: Sequence[int], device="cpu", features=None) -> ToyModel:

@@ -267,7 +267,10 @@ def test_early_stop_when_aligned_and_stable():
     full = train_many(ToyConfig(), seeds=[0, 1], tcfg=TrainConfig(**tc)).instances
     # a random head already has matching-free |cos| > 0.05 (max over 10 directions), so a 0.05
     # threshold holds from step 0 and training stops after the 20-step patience
-    early = train_many(ToyConfig(), seeds=[0, 1], tcfg=TrainConfig(stop_aligned=0.05, stop_patience=20, **tc)).instances
+    early_res = train_many(ToyConfig(), seeds=[0, 1], tcfg=TrainConfig(stop_aligned=0.05, stop_patience=20, **tc))
+    early = early_res.instances
+    # throughput counts the steps actually taken (2 instances x 20), not the 60-step budget
+    assert early_res.instance_steps == 40
     for e, f in zip(early, full):
         assert e.trajectory["step"] == [0, 10, 20]
         assert np.allclose(e.trajectory["query_free"], f.trajectory["query_free"][:3], atol=1e-5)
