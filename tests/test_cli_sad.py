@@ -201,3 +201,189 @@ def test_discovered_heads_with_random_baseline(folders, tmp_path, capsys):
 def test_zero_prompts_exit_2(folders, tmp_path, capsys):
     rc, so, se = run(["--model", folders["small"], "--n-prompts", "0", "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and "--n-prompts must be >= 1" in se
+
+
+# --------------------------------------------------------------------------- compact sad.json
+
+
+@pytest.fixture(scope="module")
+def paper_runs(folders, tmp_path_factory):
+    """`svfcheck sad` on the GPT-2-shaped folder with the paper's heads and a random-init
+    baseline, written in full and in --compact form: ``{form: (sad.json doc, stdout, path)}``.
+    ``--seed 3`` so the random initialisation differs from the folder's (seed-0) weights."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("paper_runs")
+    runs = {}
+    for form in ("full", "compact"):
+        out = root / form
+        buf, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+            rc = main(["sad", "--quiet", "--model", folders["gpt2"], "--heads", "paper", "--circuit", "gpt2",
+                       "--n-prompts", "12", "--seed", "3", "--baseline", "random-init", "--out", str(out),
+                       *(["--compact"] if form == "compact" else [])])
+        assert rc == 0, err.getvalue()
+        runs[form] = (json.loads((out / "sad.json").read_text()), buf.getvalue(), out / "sad.json")
+    return runs
+
+
+def test_compact_and_full_sad_json_carry_the_same_data(paper_runs):
+    """--compact writes columns; expanded with pair_rows they equal the full form's rows,
+    and everything outside ``pairs`` is identical (roles included; keys=None entries)."""
+    from svfcheck.real.sad import pair_rows
+
+    (full, _, fp), (comp, _, cp) = paper_runs["full"], paper_runs["compact"]
+    assert full["pairs_format"] == "rows" and comp["pairs_format"] == "columns"
+    assert isinstance(comp["pairs"], dict) and len(comp["pairs"]["layer"]) == len(full["pairs"]) == full["n_pairs"]
+    assert all(len(v) == full["n_pairs"] for v in comp["pairs"].values())
+    assert pair_rows(comp) == full["pairs"] == pair_rows(full)
+    assert {r.get("role") for r in full["pairs"]} == {h.role for h in GPT2_IOI_PAPER_HEADS}
+    key = "baseline_random_init"
+    assert pair_rows(comp[key]) == full[key]["pairs"]
+    skip = ("pairs", "pairs_format")
+    assert {k: v for k, v in comp[key].items() if k not in skip} == {k: v for k, v in full[key].items() if k not in skip}
+    skip = (*skip, key)
+    assert {k: v for k, v in comp.items() if k not in skip} == {k: v for k, v in full.items() if k not in skip}
+    assert cp.stat().st_size < 0.8 * fp.stat().st_size
+
+
+def test_pair_rows_rejects_unknown_format():
+    from svfcheck.real.sad import pair_rows
+
+    with pytest.raises(ValueError, match="unknown pairs_format 'csv'"):
+        pair_rows({"pairs_format": "csv", "pairs": {}})
+
+
+def test_per_role_contrast_in_json_and_printout(paper_runs):
+    """With paper heads and a random-init baseline, contrast.per_role has every table role,
+    each contrasted on exactly that role's pairs, and the printout has one line per role."""
+    from svfcheck import stats
+
+    doc, so, _ = paper_runs["full"]
+    per = doc["contrast"]["per_role"]
+    roles = {h.role for h in GPT2_IOI_PAPER_HEADS}
+    assert set(per) == roles
+    base = doc["baseline_random_init"]
+    for role, c in per.items():
+        n = 12 * sum(h.role == role for h in GPT2_IOI_PAPER_HEADS)  # one pair per (prompt, head)
+        s_t = np.array([r["rolls_tovee"] for r in doc["pairs"] if r.get("role") == role])
+        s_r = np.array([r["rolls_tovee"] for r in base["pairs"] if r.get("role") == role])
+        assert c["n_trained"] == c["n_random"] == len(s_t) == len(s_r) == n, (role, c)
+        assert set(c["effect_difference"]) == {"rotated", "paper_control"}
+        assert f"role {role} ({n} / {n} pairs)" in so
+        # the role's S_svd difference is the overall statistic restricted to the role's pairs
+        sd = stats.mean_difference(s_t, s_r, n_boot=10_000, level=0.99, seed=3)
+        assert c["s_svd_difference"]["estimate"] == pytest.approx(sd.estimate, rel=1e-5, abs=1e-6)
+        assert c["s_svd_difference"]["low"] == pytest.approx(sd.low, rel=1e-5, abs=1e-6)
+    # the random initialisation really is another model (not the folder's weights again)
+    assert doc["pairs"][0]["attention"] != base["pairs"][0]["attention"]
+
+
+def test_role_with_too_few_pairs_is_reported_not_dropped(small_lm):
+    from svfcheck.real.sad import analyze, contrast
+    from svfcheck.tasks.circuits import CircuitHead
+
+    prompts = ioi.generate_ioi_prompts(small_lm.tokenizer, 3, seed=0)
+    table = [CircuitHead(1, 2, "name mover", "END", "IO"), CircuitHead(0, 1, "induction", "S2", "S1+1")]
+    tr = analyze(small_lm, prompts, heads=table, n_boot=200, n_boot_head=100, progress=False)
+    con = contrast(tr, tr, n_boot=200, min_role_pairs=4)
+    assert set(con.per_role) == {"name mover", "induction"}
+    assert all(isinstance(v, str) and "3 trained / 3 random valid pairs (< 4)" in v for v in con.per_role.values())
+    assert any("role induction: not contrasted" in line for line in con.lines())
+    con = contrast(tr, tr, n_boot=200, min_role_pairs=3)
+    assert con.per_role["induction"].n_trained == 3
+    assert contrast(tr, tr, n_boot=200, per_role=False).per_role == {}
+
+
+# --------------------------------------------------------------------------- bad input (exit 2)
+
+
+def test_unsupported_architecture_exits_2(folders, tmp_path, capsys):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tok = folders["tok"]
+    torch.manual_seed(0)
+    m = OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                 num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=64))
+    m.save_pretrained(tmp_path / "opt")
+    tok.save_pretrained(tmp_path / "opt")
+    rc, so, se = run(["--model", str(tmp_path / "opt"), "--n-prompts", "1", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2
+    assert "unsupported architecture 'opt'" in se and "gpt2" in se, se
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_exit_2(folders, tmp_path, capsys, bad):
+    tok = folders["tok"]
+    model = tiny_random_model("gpt2", seed=0, vocab_size=len(tok), n_layer=2, n_head=4, n_embd=32)
+    with torch.no_grad():
+        model.transformer.h[1].attn.c_attn.weight[0, 5] = bad
+    model.save_pretrained(tmp_path / "bad")
+    tok.save_pretrained(tmp_path / "bad")
+    rc, so, se = run(["--model", str(tmp_path / "bad"), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2
+    assert "NaN/inf" in se and "transformer.h.1.attn.c_attn.weight" in se, se
+
+
+def test_revision_of_a_local_folder_exits_2(folders, tmp_path, capsys):
+    rc, so, se = run(["--model", folders["small"], "--revision", "step1", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "revision='step1'" in se and "local folder" in se, se
+
+
+def test_revision_that_does_not_exist_exits_2(folders, tmp_path, capsys, monkeypatch):
+    """A hub id whose requested revision is missing: simulated with an offline hub cache that
+    holds only ``main`` of a tiny repo (no network)."""
+    from pathlib import Path
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    snap = cache / "models--svfcheck-test--tiny" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    for f in Path(folders["small"]).iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (cache / "models--svfcheck-test--tiny" / "refs").mkdir()
+    (cache / "models--svfcheck-test--tiny" / "refs" / "main").write_text("a" * 40)
+    rc, so, se = run(["--model", "svfcheck-test/tiny", "--n-prompts", "1", "--out", str(tmp_path / "ok")], capsys)
+    assert rc == 0, se  # the cached main revision loads, so the next failure is the revision's
+    rc, so, se = run(["--model", "svfcheck-test/tiny", "--revision", "step999", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2
+    assert "revision 'step999' of 'svfcheck-test/tiny' does not exist" in se, se
+
+
+# --------------------------------------------------------------------------- bad input (library)
+
+
+@pytest.fixture(scope="module")
+def small_lm(folders):
+    from svfcheck.real.models import load_model
+
+    return load_model(folders["small"], progress=False)
+
+
+@pytest.mark.parametrize("kw,prompts,message", [
+    ({}, [[5, 6]], "prompt 0 has 2 token"),
+    ({}, [], "no prompts given"),
+    ({"heads": "some"}, None, "heads must be 'all', 'paper', 'discover'"),
+    ({"heads": []}, None, "empty head list"),
+    ({"heads": [(0, 4)]}, None, "out of range"),
+    ({"heads": [(2, 0)]}, None, "out of range"),
+    ({"selection": "best"}, None, "selection must be 'top', 'threshold' or 'circuit'"),
+    ({"selection": "circuit"}, None, "needs a head table"),
+    ({"heads": "discover"}, "text", "needs IOI prompts"),
+    ({"heads": "paper"}, None, "no published IOI head table"),
+])
+def test_analyze_bad_input_is_a_clear_error(small_lm, kw, prompts, message):
+    from svfcheck.real.sad import analyze
+
+    if prompts is None:
+        prompts = ioi.generate_ioi_prompts(small_lm.tokenizer, 2, seed=0)
+    elif prompts == "text":
+        prompts = ["Anne gave a ring to Mary at the store"]
+    with pytest.raises((ValueError, IndexError), match=re.escape(message)):
+        analyze(small_lm, prompts, progress=False, **kw)

@@ -30,8 +30,9 @@ from ..metrics import haar_orthogonal, reconstruction_count, rolls_tovee
 from .capture import Capture
 from .heads import LayerHeads, ModelHeads
 from .svd import SVDCache, svd_cache
+from .threads import num_threads
 
-__all__ = ["Pairs", "Decomposition", "decompose", "top_attended_pairs", "check_rotary"]
+__all__ = ["Pairs", "Decomposition", "decompose", "top_attended_pairs", "check_rotary", "gate_tolerance"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +88,7 @@ class Decomposition:
     reconstruction_error: np.ndarray
     max_reconstruction_error: float
     key_terms: tuple[np.ndarray, ...] | None = None  # per pair (m, R) when requested
+    term_abs_max: np.ndarray | None = None  # per pair: max over visible keys k of Σ_r |t_r(i, k)|
 
 
 def top_attended_pairs(cap: Capture, layers=None, heads=None, skip_first: bool = True) -> Pairs:
@@ -206,6 +208,7 @@ class _Out:
         z = lambda *s: np.zeros(s)  # noqa: E731
         self.terms, self.c, self.S = z(P, R), z(P, R), z(P, R)
         self.logit, self.err, self.att = z(P), z(P), z(P)
+        self.amax = z(P)  # max over visible keys of Σ_r |t_r(i, k)|
         self.cr = z(P, R) if controls else None
         self.cp = z(P, R) if controls else None
         self.key_terms: list | None = [None] * P if keep else None
@@ -249,6 +252,8 @@ def _fast_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype):
     vrow = cap.visible[l][b, i]
     att = cap.attn[l][b, h, i].to(dtype)
     out.err[idx] = _gate(lg, vrow, att).numpy()
+    lg_abs = (sc * (alpha.abs() * S[None, :, None, :]) @ beta.abs().transpose(-1, -2))[b, h, i]
+    out.amax[idx] = lg_abs.masked_fill(~vrow, 0.0).amax(-1).numpy()
     out.logit[idx] = lg[torch.arange(len(b)), j].numpy()
     out.att[idx] = att[torch.arange(len(b)), j].numpy()
     if out.key_terms is not None:
@@ -284,7 +289,6 @@ def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
     f = cache.factors(l)
     A, K = _layer_inputs(lh, cap.hidden[l], f, dtype)
     kv = f.kv_index
-    Rk = f.R_k.to(dtype)
     Z = K @ f.R_k_inv.to(dtype)  # (B, Hkv, n, dh): Q_kᵀ x̃
     Y = A @ f.R_q_inv.to(dtype) if Qs is not None else None  # Q_qᵀ x̃
     if lh.qk_norm:
@@ -295,9 +299,9 @@ def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
     # all core SVDs this layer needs, looked up once
     b_all, i_all, j_all = (pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx])
     d_all = (pos[b_all, j_all] - pos[b_all, i_all]).numpy() if basis == "pair" else np.zeros(len(idx), dtype=np.int64)
-    uniq, inv_all = np.unique(d_all, return_inverse=True)
-    Ut_all, S_all, Vt_all = (t.to(dtype) for t in cache.core(l, uniq))
-    slot = dict(zip(idx.tolist(), inv_all.tolist()))
+    Ut_all, S_all, Vt_all, F_all, rows = cache.core_lookup(l, d_all, dtype)
+    slot = np.zeros(len(pairs), dtype=np.int64)
+    slot[idx] = rows.numpy()
     for ii in _groups(idx, pairs, chunk):
         b0, h0 = int(pairs.prompt[ii[0]]), int(pairs.head[ii[0]])
         g0 = int(kv[h0])
@@ -305,11 +309,9 @@ def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
         j = torch.as_tensor(pairs.key_pos[ii])
         P = len(ii)
         ar = torch.arange(P)
-        inv = torch.as_tensor([slot[p] for p in ii.tolist()])
+        inv = torch.as_tensor(slot[ii])
         Ut, S, Vt = Ut_all[inv, h0], S_all[inv, h0], Vt_all[inv, h0]  # (P, dh, R)
-        F = Rk[g0].transpose(-1, -2) @ Vt  # (P, dh, R): W̃_Kᵀ v_r
-        if lh.qk_norm:
-            F = lh.k_gain.to(dtype)[None, :, None] * F
+        F = F_all[inv, h0]  # (P, dh, R): G_k W̃_Kᵀ v_r in head space, cached per (layer, Δ)
         qh = A[b0, h0, i]  # (P, dh)
         if rd:
             cos, sin = cap.cos[l][b0].to(dtype), cap.sin[l][b0].to(dtype)  # (n, rd)
@@ -338,6 +340,7 @@ def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
         lg = t.sum(-1)
         att = cap.attn[l][b0, h0, i].to(dtype)
         out.err[ii] = _gate(lg, vrow, att).numpy()
+        out.amax[ii] = t.abs().sum(-1).masked_fill(~vrow, 0.0).amax(-1).numpy()
         out.logit[ii] = lg[ar, j].numpy()
         out.att[ii] = att[ar, j].numpy()
         if out.key_terms is not None:
@@ -377,6 +380,7 @@ def decompose(
     method: str = "auto",
     keep_key_terms: bool = False,
     chunk: int | None = None,
+    threads: int | None = None,
 ) -> Decomposition:
     """Decompose the logits of ``pairs`` exactly into d_h SVD terms (see module docstring).
 
@@ -385,6 +389,10 @@ def decompose(
     ``cache`` defaults to the shared per-model :func:`svd_cache` (core SVDs per (layer, Δ)).
     ``keep_key_terms`` also returns every visible key's terms per pair (memory: P·m·d_h).
     ``chunk``: pairs per batch in the general path (default: about 4M elements per tensor).
+    ``threads``: torch intra-op threads while decomposing (default ``None``: the caller's
+    setting). The work is a few large GEMMs per (prompt, head): on free cores 2 threads are
+    ~2x faster (warm SmolLM2 prompt 3.1 s vs 6.1 s), on oversubscribed cores 1 thread is
+    (5.0 s vs 12.3 s). The core SVDs always run on one thread (see :mod:`svfcheck.real.threads`).
     """
     if basis not in ("pair", "zero"):
         raise ValueError(f"basis must be 'pair' or 'zero'; got {basis!r}")
@@ -407,7 +415,7 @@ def decompose(
     out = _Out(P, R, controls, keep_key_terms)
     if chunk is None:
         chunk = max(1, 4_000_000 // (cap.token_mask.shape[1] * R))
-    with torch.no_grad():
+    with torch.no_grad(), num_threads(threads):
         for l in np.unique(pairs.layer):
             l = int(l)
             lh = heads.layers[l]
@@ -453,4 +461,32 @@ def decompose(
         reconstruction_error=out.err,
         max_reconstruction_error=float(out.err.max()),
         key_terms=None if out.key_terms is None else tuple(out.key_terms),
+        term_abs_max=out.amax,
     )
+
+
+def gate_tolerance(
+    d: Decomposition, dtype: torch.dtype = torch.float32, *, c_floor: float = 8.0, c_sum: float = 4.0
+) -> np.ndarray:
+    """Per-pair rounding bound on ``d.reconstruction_error`` when the model or the
+    decomposition runs in ``dtype`` (use the coarser of the two): ``u·(c_floor + c_sum·√R·A)``
+    with ``u = eps(dtype)``, ``R = d_h`` and ``A = d.term_abs_max`` (per pair, the largest
+    ``Σ_r |t_r(i, k)|`` over visible keys — measured, not assumed).
+
+    Derivation. The reference is the model's own attention row ``a_i·`` (its eager softmax
+    output), the reconstruction is ``log_softmax(Σ_r t_r(i, ·))``. (1) Each logit is a sum of
+    R products, in the model (``q·k`` over d_h coordinates) and here (R SVD terms); with the
+    usual random-rounding model of a length-R sum (Higham, √n rule) each is off by at most
+    ``≈ √R·u·Σ|summands|``; we use the measured ``Σ_r |t_r|`` for both sums and take one
+    extra factor 2 for the two sources: ``|δℓ_k| ≤ 2√R·u·A``. (2) ``log_softmax`` is
+    1-Lipschitz per coordinate in the max norm up to the shift: ``|δ log a_k| ≤ |δℓ_k| +
+    max_k' |δℓ_k'| ≤ 2·max|δℓ|`` → ``c_sum = 4``. (3) The model's softmax (exp, a sum, a
+    division) and our log of it add a floor of a few u even for tiny logits (measured 2u on
+    tiny float32 models, 8u on Gemma3's QK-norm) → ``c_floor = 8``. Mishandled weights or
+    RoPE offsets give errors of order 1 (≫ this bound), which the gate tests check.
+    """
+    if d.term_abs_max is None:
+        raise ValueError("this Decomposition has no term_abs_max; recompute it with decompose()")
+    u = torch.finfo(dtype).eps
+    R = d.terms.shape[1]
+    return u * (c_floor + c_sum * np.sqrt(R) * d.term_abs_max)

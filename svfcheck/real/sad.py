@@ -15,7 +15,7 @@ Effects are ``mean(S_control − S_svd)`` with percentile-bootstrap 99% interval
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,8 +39,9 @@ from .capture import capture
 from .decompose import Pairs, decompose
 from .heads import cached_heads
 from .models import LoadedModel
+from .threads import single_thread
 
-__all__ = ["single_thread", "Prompt", "SADResult", "Contrast", "analyze", "contrast", "text_prompts", "as_prompts", "DEFAULT_TEXT"]
+__all__ = ["single_thread", "pair_rows", "Prompt", "SADResult", "Contrast", "analyze", "contrast", "text_prompts", "as_prompts", "DEFAULT_TEXT"]
 
 LEVEL = 0.99
 CONTROLS = ("rotated", "paper_control")  # basis control (a), paper control (b)
@@ -114,19 +115,6 @@ def text_prompts(tokenizer, text: str, n: int, n_tokens: int = 64) -> list[Promp
     return out
 
 
-@contextlib.contextmanager
-def single_thread():
-    """Run torch on one intra-op thread: the decomposition's many small per-(head, offset) ops
-    are 10-50x slower with 2+ threads on a busy machine (measured here: SmolLM2 float64 gate
-    2.3 s on one thread vs 146 s on two under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _batches(prompts: Sequence[Prompt], batch_size: int, pad_id: int):
     """Right-padded (ids, mask, prompt offset) batches."""
     for s in range(0, len(prompts), batch_size):
@@ -194,36 +182,61 @@ class SADResult:
         r = self.records
         return np.isfinite(r["rolls_tovee"]) & np.isfinite(r["rolls_tovee_rotated"]) & np.isfinite(r["rolls_tovee_paper_control"])
 
-    def s(self, which: str = "svd") -> np.ndarray:
-        """S over valid pairs: ``svd``, ``rotated`` or ``paper_control``."""
+    def s(self, which: str = "svd", role: str | None = None) -> np.ndarray:
+        """S over valid pairs: ``svd``, ``rotated`` or ``paper_control``; only the pairs of
+        head role ``role`` (circuit selection) when given."""
         key = "rolls_tovee" if which == "svd" else f"rolls_tovee_{which}"
-        return self.records[key][self.valid()]
+        m = self.valid()
+        if role is not None:
+            m = m & (self.records["role"] == role)
+        return self.records[key][m]
 
-    def to_json(self) -> dict[str, Any]:
-        """The issue's ``sad.json`` content (plain JSON types)."""
+    def roles(self) -> list[str]:
+        """Head roles present among the pairs (circuit selection), sorted."""
+        return sorted({str(r) for r in self.records["role"] if r})
+
+    def to_json(self, compact: bool = False) -> dict[str, Any]:
+        """The issue's ``sad.json`` content (plain JSON types).
+
+        ``pairs`` is a list of one dict per pair (``pairs_format: "rows"``), or with
+        ``compact=True`` one dict of parallel arrays, one per field (``pairs_format:
+        "columns"``): ``pairs[field][p]`` is pair p's value; ``role`` and ``keys`` hold
+        ``null`` where the row form omits them. :func:`pair_rows` turns either form into rows.
+        Compact files are about half the size (no repeated keys).
+        """
         r = self.records
-        pairs = []
-        for p in range(len(self)):
-            row = {
-                "prompt_index": int(r["prompt_index"][p]),
-                "layer": int(r["layer"][p]),
-                "head": int(r["head"][p]),
-                "query_pos": int(r["query_pos"][p]),
-                "key_pos": int(r["key_pos"][p]),
-                "attention": _f(r["attention"][p]),
-                "relative_attention": _f(r["relative_attention"][p]),
-                "terms": [_f(x) for x in r["terms"][p]],
-                "k": int(r["k"][p]),
-                "rolls_tovee": _f(r["rolls_tovee"][p]),
-                "k_rotated": int(r["k_rotated"][p]),
-                "rolls_tovee_rotated": _f(r["rolls_tovee_rotated"][p]),
-                "rolls_tovee_paper_control": _f(r["rolls_tovee_paper_control"][p]),
-            }
-            if r["role"][p]:
-                row["role"] = str(r["role"][p])
-            if self.keys[p] is not None:
-                row["keys"] = [int(x) for x in self.keys[p]]
-            pairs.append(row)
+        ints = ("prompt_index", "layer", "head", "query_pos", "key_pos")
+        if compact:
+            cols: dict[str, Any] = {f: [int(x) for x in r[f]] for f in ints}
+            cols.update({f: [_f(x) for x in r[f]] for f in ("attention", "relative_attention")})
+            cols["terms"] = [[_f(x) for x in row] for row in r["terms"]]
+            cols["k"] = [int(x) for x in r["k"]]
+            cols["rolls_tovee"] = [_f(x) for x in r["rolls_tovee"]]
+            cols["k_rotated"] = [int(x) for x in r["k_rotated"]]
+            cols["rolls_tovee_rotated"] = [_f(x) for x in r["rolls_tovee_rotated"]]
+            cols["rolls_tovee_paper_control"] = [_f(x) for x in r["rolls_tovee_paper_control"]]
+            cols["role"] = [str(x) if x else None for x in r["role"]]
+            cols["keys"] = [None if k is None else [int(x) for x in k] for k in self.keys]
+            pairs: Any = cols
+        else:
+            pairs = []
+            for p in range(len(self)):
+                row = {f: int(r[f][p]) for f in ints}
+                row.update({
+                    "attention": _f(r["attention"][p]),
+                    "relative_attention": _f(r["relative_attention"][p]),
+                    "terms": [_f(x) for x in r["terms"][p]],
+                    "k": int(r["k"][p]),
+                    "rolls_tovee": _f(r["rolls_tovee"][p]),
+                    "k_rotated": int(r["k_rotated"][p]),
+                    "rolls_tovee_rotated": _f(r["rolls_tovee_rotated"][p]),
+                    "rolls_tovee_paper_control": _f(r["rolls_tovee_paper_control"][p]),
+                })
+                if r["role"][p]:
+                    row["role"] = str(r["role"][p])
+                if self.keys[p] is not None:
+                    row["keys"] = [int(x) for x in self.keys[p]]
+                pairs.append(row)
         return {
             "model": self.model,
             "architecture": self.architecture,
@@ -242,12 +255,32 @@ class SADResult:
             ],
             "n_pairs": len(self),
             "n_dropped": self.n_dropped,
+            "pairs_format": "columns" if compact else "rows",
             "pairs": pairs,
             "summary": self.summary,
             "per_head": self.per_head,
             "p_values": {c: self.summary[f"wilcoxon_{c}"]["p_value"] for c in CONTROLS},
             "max_reconstruction_error": self.max_reconstruction_error,
         }
+
+
+def pair_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-pair rows of a ``sad.json`` document in either form (see :meth:`SADResult.to_json`)."""
+    pairs = doc["pairs"]
+    fmt = doc.get("pairs_format", "rows")
+    if fmt == "rows":
+        return list(pairs)
+    if fmt != "columns":
+        raise ValueError(f"unknown pairs_format {fmt!r}; expected 'rows' or 'columns'")
+    n = len(pairs["layer"])
+    rows = []
+    for p in range(n):
+        row = {f: v[p] for f, v in pairs.items() if f not in ("role", "keys")}
+        for f in ("role", "keys"):
+            if pairs[f][p] is not None:
+                row[f] = pairs[f][p]
+        rows.append(row)
+    return rows
 
 
 def _f(x) -> float | None:
@@ -296,13 +329,16 @@ def analyze(
     n_boot: int = 10_000,
     n_boot_head: int = 1_000,
     progress: bool = True,
+    threads: int | None = 1,
 ) -> SADResult:
     """SAD of ``loaded`` on ``prompts`` (IOI prompts, strings, token-id lists or :class:`Prompt`).
 
     ``circuit``: head-table name for ``heads="paper"`` (default ``loaded.name``). ``dtype`` of
     the decomposition: default float64 for RoPE-free models, float32 for RoPE / QK-norm models
     (their per-offset SVDs dominate; float32 reproduces the model to ~1e-5). ``seed`` seeds the
-    rotation controls and bootstraps.
+    rotation controls and bootstraps. ``threads``: intra-op threads of the decomposition
+    (default 1, robust on a shared machine; ``None`` keeps torch's setting, faster on free
+    cores); the model's forward passes use torch's setting.
     """
     model, tok = loaded.model, loaded.tokenizer
     mh = cached_heads(model)
@@ -336,10 +372,12 @@ def analyze(
     pad = 0 if pad is None else int(pad)
     batches = list(_batches(ps, batch_size, pad))
 
+    caps: dict[int, Any] = {}  # discovery's captures, reused by the SAD pass (one forward per batch)
     if mode == "discover":
         attns, vis = [], []
-        for ids, mask, _ in _progress(batches, len(batches), f"{loaded.name}: discover heads", progress):
+        for ids, mask, s0 in _progress(batches, len(batches), f"{loaded.name}: discover heads", progress):
             cap = capture(model, ids, mask, heads=mh)
+            caps[s0] = cap
             for b in range(ids.shape[0]):
                 n = int(mask[b].sum())
                 attns.append(torch.stack([cap.attn[l][b, :, :n, :n] for l in range(L)]))
@@ -355,7 +393,7 @@ def analyze(
     keys: list[np.ndarray | None] = []
     max_err = 0.0
     for ids, mask, s in _progress(batches, len(batches), f"{loaded.name}: SAD", progress):
-        cap = capture(model, ids, mask, heads=mh)
+        cap = caps.pop(s) if s in caps else capture(model, ids, mask, heads=mh)
         sel = []
         for b in range(ids.shape[0]):
             n = int(mask[b].sum())
@@ -371,8 +409,7 @@ def analyze(
         if not sel:
             continue
         pairs = Pairs.of(*np.array([[q.prompt_index, q.layer, q.head, q.query, q.key] for q in sel]).T)
-        with single_thread():
-            d = decompose(mh, cap, pairs, basis=basis, controls=True, seed=seed, dtype=dtype)
+        d = decompose(mh, cap, pairs, basis=basis, controls=True, seed=seed, dtype=dtype, threads=threads)
         max_err = max(max_err, d.max_reconstruction_error)
         causal = [mh.layers[l].causal for l in range(L)]
         for p, q in enumerate(sel):
@@ -436,6 +473,11 @@ class Contrast:
     s_svd_difference: stats.Effect
     p_trained: dict[str, float]
     p_random: dict[str, float]
+    n_trained: int = 0
+    n_random: int = 0
+    # per head role (circuit selection): the same contrast on that role's pairs; a role with
+    # fewer than ``min_role_pairs`` valid pairs in either model maps to a reason string
+    per_role: dict[str, "Contrast | str"] = field(default_factory=dict)
 
     def passes(self) -> bool:
         """SAD effect larger in the trained model for both controls (interval above 0) and
@@ -444,6 +486,8 @@ class Contrast:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "n_trained": self.n_trained,
+            "n_random": self.n_random,
             "effect_difference": {c: _effect(e) for c, e in self.effect_difference.items()},
             "effect_trained": {c: _effect(e) for c, e in self.effect_trained.items()},
             "effect_random": {c: _effect(e) for c, e in self.effect_random.items()},
@@ -451,6 +495,7 @@ class Contrast:
             "p_trained": self.p_trained,
             "p_random": self.p_random,
             "passes": self.passes(),
+            "per_role": {r: (c if isinstance(c, str) else c.to_json()) for r, c in self.per_role.items()},
         }
 
     def lines(self) -> list[str]:
@@ -461,19 +506,50 @@ class Contrast:
                 f"difference {self.effect_difference[c]}  p trained {self.p_trained[c]:.2e} random {self.p_random[c]:.2e}"
             )
         out.append(f"S_svd trained - random: {self.s_svd_difference}")
+        for r, c in self.per_role.items():
+            if isinstance(c, str):
+                out.append(f"role {r}: {c}")
+                continue
+            d = "  ".join(f"{k} {c.effect_difference[k]}" for k in CONTROLS)
+            out.append(f"role {r} ({c.n_trained} / {c.n_random} pairs): {'PASS' if c.passes() else 'FAIL'}  "
+                       f"effect difference {d}  S_svd trained - random {c.s_svd_difference}")
         return out
 
 
-def contrast(trained: SADResult, random: SADResult, *, n_boot: int = 10_000, seed: int = 0) -> Contrast:
-    """Compare a trained model with its random initialisation on their valid pairs."""
+def contrast(
+    trained: SADResult, random: SADResult, *, n_boot: int = 10_000, seed: int = 0, per_role: bool = True,
+    min_role_pairs: int = 10,
+) -> Contrast:
+    """Compare a trained model with its random initialisation on their valid pairs.
+
+    ``per_role``: also contrast each head role (name mover, S-inhibition, induction, ...)
+    present in both results (circuit selection labels pairs with their head's role); roles
+    with fewer than ``min_role_pairs`` valid pairs in either model are listed with the reason.
+    """
+    out = _contrast(trained, random, None, n_boot, seed)
+    if per_role and hasattr(trained, "roles") and hasattr(random, "roles"):  # duck-typed samples have none
+        roles = sorted(set(trained.roles()) | set(random.roles()))
+        per: dict[str, Contrast | str] = {}
+        for r in roles:
+            nt, nr = len(trained.s("svd", r)), len(random.s("svd", r))
+            if min(nt, nr) < min_role_pairs:
+                per[r] = f"not contrasted: {nt} trained / {nr} random valid pairs (< {min_role_pairs})"
+            else:
+                per[r] = _contrast(trained, random, r, n_boot, seed)
+        out = dataclasses.replace(out, per_role=per)
+    return out
+
+
+def _contrast(trained: SADResult, random: SADResult, role: str | None, n_boot: int, seed: int) -> Contrast:
     ed, et, er, pt, pr = {}, {}, {}, {}, {}
-    st, sr = trained.s("svd"), random.s("svd")
+    kw = {} if role is None else {"role": role}
+    st, sr = trained.s("svd", **kw), random.s("svd", **kw)
     for c in CONTROLS:
-        ct, cr = trained.s(c), random.s(c)
+        ct, cr = trained.s(c, **kw), random.s(c, **kw)
         ed[c] = stats.effect_difference(ct, st, cr, sr, n_boot=n_boot, level=LEVEL, seed=seed)
         et[c] = stats.paired_effect(ct, st, n_boot=n_boot, level=LEVEL, seed=seed)
         er[c] = stats.paired_effect(cr, sr, n_boot=n_boot, level=LEVEL, seed=seed)
         pt[c] = stats.wilcoxon_svd_lower(st, ct).p_value
         pr[c] = stats.wilcoxon_svd_lower(sr, cr).p_value
     sd = stats.mean_difference(st, sr, n_boot=n_boot, level=LEVEL, seed=seed)
-    return Contrast(ed, et, er, sd, pt, pr)
+    return Contrast(ed, et, er, sd, pt, pr, n_trained=len(st), n_random=len(sr))

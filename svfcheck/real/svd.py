@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .heads import LayerHeads, ModelHeads, rope_matrix
+from .threads import single_thread
 
 __all__ = [
     "ROUTES",
@@ -236,7 +237,7 @@ class SVDCache:
         self.heads = heads
         self.route = route
         self._factors: dict[int, LayerFactors] = {}
-        self._core: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._core: dict[int, tuple] = {}  # layer -> (sorted Δ, Ũ, S, Ṽ, per-dtype copies)
         self._basis: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def factors(self, layer: int) -> LayerFactors:
@@ -261,28 +262,80 @@ class SVDCache:
             self._basis[layer] = (U, S, V)
         return self._basis[layer]
 
+    def _table(self, layer: int, deltas: np.ndarray):
+        """The layer's table ``(sorted Δ, Ũ, S, Ṽ, {dtype: (Ũ, S, Ṽ, F)})`` over a contiguous
+        offset range, extended in one batched SVD when ``deltas`` leave it (lookups are one
+        ``searchsorted`` + gather instead of a per-offset dict and stack)."""
+        tab = self._core.get(layer)
+        have = np.zeros(0, dtype=np.int64) if tab is None else tab[0]
+        missing = np.setdiff1d(np.unique(deltas), have)
+        if missing.size:
+            # fill the whole contiguous offset range at once: prompts of one length need nearly
+            # every offset anyway, and the table then grows (and is copied) only when a longer
+            # prompt extends the range
+            lo, hi = int(missing.min()), int(missing.max())
+            if have.size:
+                lo, hi = min(lo, int(have.min())), max(hi, int(have.max()))
+            missing = np.setdiff1d(np.arange(lo, hi + 1, dtype=np.int64), have)
+            lh = self.heads.layer(layer)
+            f = self.factors(layer)
+            Rk = f.R_k[f.kv_index]
+            M = middle_matrix(lh, missing)
+            C = f.R_q[None] if M is None else f.R_q[None] @ M[:, None]
+            C = (C @ Rk.transpose(-1, -2)[None]).expand(len(missing), *f.R_q.shape)
+            with single_thread():  # thousands of d_h×d_h SVDs: 2 threads are 4-10x slower (threads.py)
+                Ut, S, Vth = torch.linalg.svd(C)
+                # core sign convention (cheap, no D-sized vector): largest-|.| entry of ũ_r positive
+                Ut, Vt = sign_fix(Ut, Vth.transpose(-1, -2))
+            if tab is None:
+                d_all, U_all, S_all, V_all, conv = missing, Ut, S, Vt, {}
+            else:  # merge, keeping the per-dtype copies: only the new offsets are converted
+                d_all = np.concatenate([have, missing])
+                order = np.argsort(d_all, kind="stable")
+                d_all = d_all[order]
+                o = torch.as_tensor(order)
+                U_all, S_all, V_all = (torch.cat([a, b])[o] for a, b in ((tab[1], Ut), (tab[2], S), (tab[3], Vt)))
+                conv = {dt: tuple(torch.cat([a, b])[o] for a, b in zip(old, self._convert(layer, Ut, S, Vt, dt)))
+                        for dt, old in tab[4].items()}
+            tab = (d_all, U_all, S_all, V_all, conv)
+            self._core[layer] = tab
+        return tab
+
+    def _convert(self, layer: int, Ut, S, Vt, dtype):
+        """``(Ũ, S, Ṽ, F)`` in ``dtype`` with ``F = G_k R_k[kv(h)]ᵀ Ṽ`` (see :meth:`core_lookup`)."""
+        f = self.factors(layer)
+        F = f.R_k[f.kv_index].transpose(-1, -2)[None] @ Vt
+        lh = self.heads.layer(layer)
+        if lh.qk_norm:
+            F = lh.k_gain.double()[None, None, :, None] * F
+        return tuple(t.to(dtype) for t in (Ut, S, Vt, F))
+
     def core(self, layer: int, deltas) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lh = self.heads.layer(layer)
         deltas = np.atleast_1d(np.asarray(deltas, dtype=np.int64))
         if lh.rotary is None:
             deltas = np.zeros_like(deltas)
-        missing = sorted({int(d) for d in deltas} - {d for (l, d) in self._core if l == layer})
-        if missing:
-            f = self.factors(layer)
-            Rk = f.R_k[f.kv_index]
-            M = middle_matrix(lh, np.asarray(missing))
-            C = f.R_q[None] if M is None else f.R_q[None] @ M[:, None]
-            C = C @ Rk.transpose(-1, -2)[None]
-            Ut, S, Vth = torch.linalg.svd(C)
-            # core sign convention (cheap, no D-sized vector): largest-|.| entry of ũ_r positive
-            Ut, Vt = sign_fix(Ut, Vth.transpose(-1, -2))
-            for i, d in enumerate(missing):
-                self._core[(layer, d)] = (Ut[i], S[i], Vt[i])
-        got = [self._core[(layer, int(d))] for d in deltas]
-        return tuple(torch.stack([g[j] for g in got]) for j in range(3))  # type: ignore[return-value]
+        tab = self._table(layer, deltas)
+        ix = torch.as_tensor(np.searchsorted(tab[0], deltas))
+        return tab[1][ix], tab[2][ix], tab[3][ix]
+
+    def core_lookup(self, layer: int, deltas, dtype: torch.dtype):
+        """For the decomposition: ``(Ũ, S, Ṽ, F, index)`` in ``dtype`` where the first four are
+        the layer's whole table (n_table, H, ...) and ``index`` maps each of ``deltas`` to its
+        row. ``F[t, h] = G_k R_k[kv(h)]ᵀ Ṽ[t, h]`` (= ``W̃_Kᵀ v_r`` in head space, with the
+        QK-norm key gain) is computed once per (layer, Δ, dtype), not once per pair."""
+        lh = self.heads.layer(layer)
+        deltas = np.atleast_1d(np.asarray(deltas, dtype=np.int64))
+        if lh.rotary is None:
+            deltas = np.zeros_like(deltas)
+        tab = self._table(layer, deltas)
+        conv = tab[4]
+        if dtype not in conv:
+            conv[dtype] = self._convert(layer, tab[1], tab[2], tab[3], dtype)
+        return (*conv[dtype], torch.as_tensor(np.searchsorted(tab[0], deltas)))
 
     def __len__(self) -> int:
-        return len(self._core)
+        return sum(len(t[0]) for t in self._core.values())
 
 
 _CACHES: "weakref.WeakKeyDictionary[ModelHeads, SVDCache]" = weakref.WeakKeyDictionary()

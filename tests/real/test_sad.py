@@ -40,9 +40,8 @@ def _run(loaded, prompts, **kw):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    trained = load_model("smollm2-135m", progress=False)
-    random = load_model("smollm2-135m", random_init=True, seed=0, progress=False)
+def smollm2(smollm2_models):
+    trained, random = smollm2_models
     prompts = generate_ioi_prompts(trained.tokenizer, N_IOI, seed=0)
     out = {"all": (_run(trained, prompts, heads="all"), _run(random, prompts, heads="all"))}
     disc = _run(trained, prompts, heads="discover", selection="top")

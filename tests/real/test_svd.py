@@ -136,12 +136,14 @@ def test_cache_returns_same_cores_as_all_heads_svd(tiny_models):
     heads = extract_heads(tiny_models("gemma3_text"))
     cache = SVDCache(heads)
     Ut, S, Vt = cache.core(2, [0, 7, 7, 2])
-    assert len(cache) == 3
+    assert len(cache) == 8  # the contiguous offset range 0..7 is filled at once
     ref = all_heads_svd(heads, delta=7, core_dtype=torch.float64)
     torch.testing.assert_close(S[1], ref.S[2], rtol=1e-12, atol=0)
     torch.testing.assert_close(S[1], S[2], rtol=0, atol=0)
-    cache.core(2, [7])
-    assert len(cache) == 3  # reused, not recomputed
+    cache.core(2, [7, 3])
+    assert len(cache) == 8  # reused, not recomputed
+    cache.core(2, [-2])
+    assert len(cache) == 10  # range extended to -2..7
 
 
 def test_rank_deficient_and_bad_route_raise():
