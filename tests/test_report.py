@@ -39,17 +39,48 @@ def test_cli_exit_code_reflects_failed_claims_and_crashes(tmp_path, monkeypatch)
     assert main(["report", "--out", str(tmp_path), "--quiet"]) == 1  # a crash is not
 
 
+_DEFAULT_REPORT: dict = {}
+
+
+def default_report(tmp_path_factory):
+    """``(folder, report dict)`` of the default report, produced once per test session and
+    shared with tests/test_report_render.py (which renders the same page in Chromium)."""
+    if "run" not in _DEFAULT_REPORT:
+        out = tmp_path_factory.mktemp("default-report")
+        _DEFAULT_REPORT["run"] = (out, paper.run_report(out, seed=0, progress=False))
+    return _DEFAULT_REPORT["run"]
+
+
+REAL = "Real models: sparse attention decomposition (paper §5)"
+
+
+def test_real_section_is_in_the_default_report():
+    assert [t for t, _ in paper.SECTIONS][-1] == REAL
+
+
 @pytest.mark.gpu
-def test_default_report_reproduces_theory_and_toy_claims(tmp_path):
+def test_default_report_reproduces_theory_toy_and_real_model_claims(tmp_path_factory):
     """The README's first command on its built-in default: every claim passes, figures embedded."""
-    r = paper.run_report(tmp_path, seed=0, progress=False)
+    tmp_path, r = default_report(tmp_path_factory)
     failed = [c["claim"] for c in r["claims"] if not c["passed"]]
     assert r["n_errors"] == 0, {k: v.get("error") for k, v in r["sections"].items()}
     # Known, measured non-reproduction (see tests/toy/test_toy_alignment.py::test_sad_ordering):
     # seed 0 has S(0 pairs) 0.153 < S(2 pairs) 0.154 after 10k steps. Any other failure fails.
     known = {"Toy SAD (Fig. 7a): two pairs present is still sparser than none (every seed)"}
     assert set(failed) <= known, failed
-    assert r["n_claims"] >= 7
+    # real-model section: per model (SmolLM2 IOI, MiniLM text) exactness, two control
+    # contrasts and S_svd — 4 claims each, all of which must pass (measured: all pass)
+    real = [c for c in r["claims"] if c["section"] == REAL]
+    assert len(real) == 8, [c["claim"] for c in real]
+    assert all(c["passed"] for c in real), [c for c in real if not c["passed"]]
+    sad = r["sections"][REAL]
+    for name in ("smollm2-135m", "minilm-l6"):
+        m = sad["models"][name]
+        assert min(m["n_pairs"].values()) >= 500, m["n_pairs"]
+        assert m["contrast"]["passes"] is True
+        assert max(m["max_reconstruction_error"].values()) < sad["exact_bound"]
+    assert r["n_claims"] >= 7 + 8
     page = (tmp_path / "index.html").read_text()
-    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) >= 4
-    assert "Theorem 2" in page and "Toy model" in page
+    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) >= 4 + 5
+    assert "Theorem 2" in page and "Toy model" in page and REAL in page and "smollm2-135m" in page
+    assert [p["title"] for p in r["page"]] == [t for t, _ in paper.SECTIONS]

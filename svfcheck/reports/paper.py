@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from svfcheck import __version__
 from svfcheck.reports.html import Claim, Section, render_html
+from svfcheck.reports.real_section import real_section
 
 __all__ = ["run_report", "SECTIONS"]
 
@@ -133,6 +134,7 @@ def toy_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[Sect
 SECTIONS: list[tuple[str, Callable[[Path, int, bool, bool], tuple[Section, dict]]]] = [
     ("Theory (paper App. B)", theory_section),
     ("Toy model (paper §3–4, App. A)", toy_section),
+    ("Real models: sparse attention decomposition (paper §5)", real_section),
 ]
 
 
@@ -179,6 +181,12 @@ def run_report(out: Path, seed: int = 0, progress: bool = True, quick: bool = Fa
         "n_passed": sum(c["passed"] for c in claims),
         "n_errors": sum(s.error is not None for s in sections),
         "sections": data,
+        # What the page must show, per section (scripts/check_report_render.py checks the rendered page against it).
+        "page": [
+            {"title": s.title, "n_claims": len(s.claims), "n_tables": len(s.tables), "n_figures": len(s.figures),
+             "error": s.error is not None}
+            for s in sections
+        ],
     }
     (out / "report.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     (out / "index.html").write_text(render_html("svfcheck: Singular Vectors of Attention Heads Align with Features", sections, meta))
