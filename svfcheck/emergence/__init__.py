@@ -7,7 +7,11 @@
 - :mod:`.train` — :func:`train_run` with presets ``induction-gpt2`` and ``text-llama``.
 - :mod:`.heads` — induction / previous-token head scores from attention patterns.
 - :mod:`.sweep` — resumable per-checkpoint analysis, results keyed by step.
-- :mod:`.cli` — ``--run PRESET --out DIR`` / ``--checkpoints SPEC`` for the main CLI.
+- :mod:`.sad_sweep` — SAD over training: fixed prompts, heads chosen by pattern at the final
+  checkpoint, training-independent pairs, S (SVD / both controls), k, effects per role and
+  overall at every step, and the final-vs-initial contrast.
+- :mod:`.figures` — Fig. 7b (S vs step), Fig. 9b (k vs step), Fig. 8 (first/last decompositions).
+- :mod:`.cli` — ``svfcheck emergence --run PRESET --out DIR`` / ``--checkpoints SPEC --out DIR``.
 
 Quick start::
 
@@ -15,10 +19,14 @@ Quick start::
     r = train_run("induction-gpt2", "runs/induction")   # ~1.5 min CPU; resumable
     series = r.series()                                  # CheckpointSeries, steps 0..1000
     lm = series.load(1000)                               # via svfcheck.real.models.load_model
+    from svfcheck.emergence import sad_over_training, default_settings
+    e = sad_over_training(series, "runs/induction-sad", default_settings("induction"))
+    e.contrast("overall")["passes"]                       # final vs step 0, both controls
 """
 
 from .heads import HeadScores, head_scores
 from .sweep import sweep
+from .sad_sweep import EmergenceResult, EmergenceSettings, HeadSet, default_settings, identify_heads, sad_over_training
 from .corpus import byte_tokenizer, char_tokenizer, load_corpus, unigram_entropy
 from .series import Checkpoint, CheckpointSeries, parse_series, pythia_steps
 from .tasks import InductionBatch, InductionTask, TextTask, evaluate_induction, induction_metrics
@@ -28,6 +36,12 @@ __all__ = [
     "HeadScores",
     "head_scores",
     "sweep",
+    "EmergenceResult",
+    "EmergenceSettings",
+    "HeadSet",
+    "default_settings",
+    "identify_heads",
+    "sad_over_training",
     "Checkpoint",
     "CheckpointSeries",
     "parse_series",

@@ -1,12 +1,24 @@
-"""Command-line pieces for ``svfcheck emergence`` (training + series half).
+"""``svfcheck emergence``: train (or take) a checkpoint series and track SAD over training.
 
-``add_arguments(parser)`` / ``run(args)`` let the main CLI mount them; standalone::
+Usage::
 
-    python -m svfcheck.emergence.cli --run induction-gpt2 --out DIR [--steps N] [--seed S]
-    python -m svfcheck.emergence.cli --checkpoints SPEC   # parse + validate, print the series
+    svfcheck emergence --run induction-gpt2 --out DIR      # train (resume/skip) into DIR/run, analyse into DIR
+    svfcheck emergence --run text-llama --out DIR
+    svfcheck emergence --run induction-llama --out DIR     # RoPE; the classic prev-token -> induction circuit
+    svfcheck emergence --checkpoints SPEC --out DIR [--task induction|ioi|text] [--heads ...]
+    svfcheck emergence --checkpoints SPEC                  # only parse + validate, print the series
 
-``--run`` trains (or resumes, or skips when finished) and prints the run summary as JSON.
-The SAD analysis over the series is wired on top by the engine.
+``--run`` trains the preset (a finished run is not retrained; an interrupted one resumes), then
+analyses every checkpoint (:func:`svfcheck.emergence.sad_sweep.sad_over_training`; an
+interrupted analysis resumes too) and writes ``emergence.json``, ``sad_sweep.json``,
+``timing.json`` and the figures ``sparsity_vs_step.png`` (Fig. 7b), ``k_vs_step.png``
+(Fig. 9b), ``decomposition_first_last.png`` (Fig. 8). ``--train-only`` skips the analysis.
+
+``--heads``: ``pattern`` (default for induction/text: identified by attention pattern at the
+final checkpoint), ``paper`` (IOI: the paper's table for ``--circuit`` or the series' name,
+e.g. Pythia-160M Table 2), ``discover`` (IOI: discovered at the final checkpoint), or an
+explicit list ``ROLE=L.H,L.H;ROLE2=L.H`` (``L.H,L.H`` alone: role ``chosen``).
+Bad input exits with status 2 and a message.
 """
 
 from __future__ import annotations
@@ -15,29 +27,134 @@ import argparse
 import json
 import sys
 
+TASK_OF_PRESET = {"induction-gpt2": "induction", "induction-llama": "induction", "text-llama": "text"}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="PRESET", help="train a preset: induction-gpt2 or text-llama")
+    src.add_argument("--run", metavar="PRESET", help="train a preset: induction-gpt2, induction-llama or text-llama")
     src.add_argument("--checkpoints", metavar="SPEC", help="a checkpoint series SPEC (see svfcheck.emergence.series)")
-    p.add_argument("--out", help="output folder (required with --run)")
-    p.add_argument("--steps", type=int, default=None, help="override max_steps")
-    p.add_argument("--seed", type=int, default=None, help="override the seed")
+    p.add_argument("--out", help="output folder (required with --run; with --checkpoints: analyse into it)")
+    p.add_argument("--task", choices=("induction", "ioi", "text"), default=None,
+                   help="task of the analysis (default: the preset's; ioi for hub/folder series)")
+    p.add_argument("--heads", default=None, help="pattern | paper | discover | ROLE=L.H,L.H;ROLE2=L.H")
+    p.add_argument("--circuit", default=None, help="IOI head table name, e.g. EleutherAI/pythia-160m")
+    p.add_argument("--selection", choices=("task", "top"), default="task",
+                   help="pairs: task structure (default) or each query's top-attended key")
+    p.add_argument("--n-prompts", type=int, default=None, help="prompts analysed at every checkpoint")
+    p.add_argument("--heads-per-role", type=int, default=None, help="heads per role identified by pattern (default 2)")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per step (default 2000)")
+    p.add_argument("--steps", type=int, default=None, help="override max_steps of --run")
+    p.add_argument("--seed", type=int, default=None, help="override the training seed of --run")
+    p.add_argument("--train-only", action="store_true", help="--run: train, do not analyse")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads during training")
     p.add_argument("--no-progress", action="store_true")
 
 
+def _parse_heads(text: str):
+    roles = {}
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        role, eq, lst = part.rpartition("=")
+        role = role.strip() if eq else "chosen"
+        hs = []
+        for item in lst.split(","):
+            a, dot, b = item.strip().partition(".")
+            if not dot or not a.isdigit() or not b.isdigit():
+                raise ValueError(f"bad head {item!r} in --heads {text!r}: expected LAYER.HEAD, e.g. 4.11")
+            hs.append((int(a), int(b)))
+        roles[role] = hs
+    if not roles:
+        raise ValueError(f"--heads {text!r} names no heads")
+    return roles
+
+
+def _settings(args, task: str):
+    from .sad_sweep import default_settings
+
+    over = {"selection": args.selection}
+    for a, f in (("n_prompts", "n_prompts"), ("heads_per_role", "heads_per_role"), ("n_boot", "n_boot")):
+        v = getattr(args, a)
+        if v is not None:
+            over[f] = v
+    if args.circuit:
+        over["circuit"] = args.circuit
+    return default_settings(task, **over)
+
+
+def _heads_arg(args, task: str):
+    h = args.heads
+    if h is None or h == "pattern":
+        if h == "pattern" and task == "ioi":
+            raise ValueError("--heads pattern is for induction/text; for ioi use paper, discover or a list")
+        return None, None
+    if h == "paper":
+        if task != "ioi":
+            raise ValueError("--heads paper needs --task ioi (the paper's tables are IOI circuits)")
+        return None, "paper"
+    if h == "discover":
+        if task != "ioi":
+            raise ValueError("--heads discover needs --task ioi (use pattern for induction/text)")
+        return None, "discover"
+    return _parse_heads(h), None
+
+
+def _analyse(series, out, args, task: str) -> int:
+    from dataclasses import replace
+
+    from .sad_sweep import sad_over_training
+
+    settings = _settings(args, task)
+    heads, mode = _heads_arg(args, task)
+    if mode is not None:
+        settings = replace(settings, ioi_heads=mode)
+    if heads is not None and task == "ioi" and settings.selection == "task":
+        raise ValueError("explicit --heads with --task ioi needs --selection top (labelled pairs come from a table)")
+    r = sad_over_training(series, out, settings, heads=heads, progress=not args.no_progress)
+    d = r.data
+    lines = {"out": str(out), "figures": [str(p) for p in r.figures], "heads": d["heads"]["roles"], "steps": {}}
+    for s in (series.steps[0], series.steps[len(series.steps) // 2], series.steps[-1]):
+        row = d["steps"][str(s)]["overall"]
+        lines["steps"][s] = {k: round(row[k]["estimate"], 4) for k in ("s_svd", "s_rotated", "s_paper_control")}
+    c = d["contrast"]["overall"]
+    if "effect_difference" in c:
+        lines["contrast_overall"] = {
+            "effect_difference": {k: [round(v["estimate"], 4), round(v["low"], 4), round(v["high"], 4)]
+                                  for k, v in c["effect_difference"].items()},
+            "s_svd_difference": [round(c["s_svd_difference"][k], 4) for k in ("estimate", "low", "high")],
+            "passes": c["passes"],
+        }
+    print(json.dumps(lines, indent=1))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .series import parse_series
     from .train import preset, train_run
 
+    for f in ("n_prompts", "heads_per_role", "n_boot", "steps", "threads"):
+        v = getattr(args, f)
+        if v is not None and v < 1:
+            raise ValueError(f"--{f.replace('_', '-')} must be >= 1, got {v}")
     if args.checkpoints:
         ser = parse_series(args.checkpoints)
-        print(json.dumps(ser.to_dict(), indent=1))
-        return 0
+        if not args.out:
+            print(json.dumps(ser.to_dict(), indent=1))
+            return 0
+        task = args.task
+        if task is None:
+            kind = (ser.metadata.get("config") or {}).get("task", {}).get("kind") if ser.metadata else None
+            task = kind or "ioi"
+        return _analyse(ser, Path(args.out), args, task)
     if not args.out:
-        raise SystemExit("--out DIR is required with --run")
+        raise ValueError("--out DIR is required with --run")
+    if args.run not in TASK_OF_PRESET:
+        raise ValueError(f"unknown preset {args.run!r}; available: {', '.join(sorted(TASK_OF_PRESET))}")
     over = {}
     if args.steps is not None:
         over["max_steps"] = args.steps
@@ -45,20 +162,26 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         over["seed"] = args.seed
     cfg = preset(args.run, **over)
-    r = train_run(cfg, args.out, device=args.device, progress=not args.no_progress, num_threads=args.threads)
-    print(json.dumps({"out": str(r.out_dir), "finished": r.finished, "skipped": r.skipped,
-                      "wall_time_s": round(r.wall_time_s, 1), "checkpoints": r.checkpoints,
-                      "summary": r.summary}, indent=1))
-    return 0
+    out = Path(args.out)
+    r = train_run(cfg, out / "run", device=args.device, progress=not args.no_progress, num_threads=args.threads)
+    print(json.dumps({"run": str(r.out_dir), "finished": r.finished, "skipped": r.skipped,
+                      "wall_time_s": round(r.wall_time_s, 1), "summary": r.summary}, indent=1))
+    if args.train_only:
+        return 0
+    task = args.task or TASK_OF_PRESET[args.run]
+    return _analyse(r.series(), out, args, task)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="svfcheck-emergence", description=__doc__,
+    p = argparse.ArgumentParser(prog="svfcheck emergence", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
+    args = p.parse_args(argv)
+    from svfcheck.real.models import ModelLoadError
+
     try:
-        return run(p.parse_args(argv))
-    except ValueError as exc:
+        return run(args)
+    except (ValueError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

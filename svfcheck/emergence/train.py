@@ -16,6 +16,14 @@ Presets (:func:`preset`):
   gap 0–12, 48 symbols: accuracy ≈0.43 at step 900, ≈0.32 with sinusoidal position init
   ``ModelSpec.pos_init_std=0.02``; no head with induction score > 0.25 yet) — longer training
   is future work.
+- ``induction-llama`` — the classic circuit: a 2-layer, 4-head ``LlamaForCausalLM`` with RoPE
+  (d=64, d_h=16, SwiGLU 256, no GQA) on the shortcut-proof induction task (48 symbols, blocks
+  of 4–12 tokens after a random prefix of 0–8 tokens and with a random gap of 0–12 tokens,
+  context 45), 1000 steps of batch 64, lr 3e-3, loss on the repeated half only. Measured
+  (seed 0): accuracy 0 at step 0, ≥ 0.5 by step 450, 0.99 by step 512, 1.0 at step 1000; at the
+  end a layer-0 previous-token head (score ≈0.71) and layer-1 induction heads (scores ≈0.97,
+  0.96, 0.85) — the previous-token → induction (K-composition) circuit. Relative positions
+  (RoPE) are what make it form quickly where learned absolute positions did not. ≈70 s CPU.
 - ``text-llama`` — a 2-layer ``LlamaForCausalLM`` with RoPE and GQA (4 query heads, 2 kv heads,
   d=64, d_h=16, SwiGLU 192, context 128, vocab 259) on the byte-level offline corpus
   (:mod:`svfcheck.emergence.corpus`), 500 steps of batch 32, lr 3e-3: held-out loss falls from
@@ -238,6 +246,18 @@ PRESETS: dict[str, TrainConfig] = {
         eval_size=256,
         checkpoint_every=100,
     ),
+    "induction-llama": TrainConfig(
+        preset="induction-llama",
+        model=ModelSpec(arch="llama", d_model=64, n_layers=2, n_heads=4, d_ff=256),
+        task=InductionTask(n_symbols=48, min_len=4, max_len=12, max_prefix=8, max_gap=12, loss_on_repeat_only=True),
+        max_steps=1000,
+        batch_size=64,
+        lr=3e-3,
+        warmup_steps=50,
+        log_every=50,
+        eval_size=256,
+        checkpoint_every=100,
+    ),
     "text-llama": TrainConfig(
         preset="text-llama",
         model=ModelSpec(arch="llama", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
@@ -254,7 +274,7 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def preset(name: str, **overrides) -> TrainConfig:
-    """A named preset (``induction-gpt2``, ``text-llama``) with fields replaced by
+    """A named preset (``induction-gpt2``, ``induction-llama``, ``text-llama``) with fields replaced by
     ``overrides`` (e.g. ``max_steps=200``, ``seed=1``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")

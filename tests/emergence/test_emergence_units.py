@@ -414,3 +414,12 @@ def test_cli_checkpoints(tmp_path, capsys):
     assert [c["revision"] for c in out["checkpoints"]] == ["step0", "step1000"]
     assert cli.main(["--checkpoints", str(tmp_path / "nope")]) == 2
     assert "neither an existing path" in capsys.readouterr().err
+
+
+def test_induction_llama_preset_is_shortcut_proof_and_roundtrips():
+    cfg = train.preset("induction-llama")
+    assert cfg.model.arch == "llama" and cfg.task.max_prefix > 0 and cfg.task.max_gap > 0
+    assert cfg.task.context_length == 1 + 8 + 2 * 12 + 12
+    assert train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    m = train.build_model(cfg)
+    assert m.config.model_type == "llama" and m.config.max_position_embeddings == cfg.task.context_length
