@@ -3,7 +3,9 @@
 Exit codes: 0 every condition of every spec passed; 1 at least one condition failed; 2 bad
 input (a spec that does not parse or validate, a path that does not exist, a model that
 cannot be loaded, bad command-line arguments) — the message on stderr names the file, the
-key and the expected form. All specs are validated before any model is loaded, so a typo
+key and the expected form; 3 the gate itself crashed while evaluating (a bug or an
+environment problem, traceback on stderr) — distinct from 1 so that CI never mistakes a broken
+gate for a failed analysis, or the reverse. All specs are validated before any model is loaded, so a typo
 fails in a second, not after the first analysis.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from .spec import SpecError, load_spec, spec_files
@@ -23,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="svfcheck gate",
         description="Evaluate TOML analysis specs (model, task, pairs, pass conditions; see analyses/README.md). "
-        "Exit 0 when every condition passes, 1 when one fails, 2 on a bad spec or argument.",
+        "Exit 0 when every condition passes, 1 when one fails, 2 on a bad spec or argument, 3 when the gate itself crashes.",
     )
     p.add_argument("specs", nargs="+", metavar="SPEC", help="a spec file or a directory of *.toml specs")
     p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON to FILE")
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the gate; returns the exit code (0 pass, 1 a condition failed, 2 bad input)."""
+    """Run the gate; returns the exit code (0 pass, 1 a condition failed, 2 bad input, 3 crash)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
@@ -62,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluate import evaluate_specs, results_json
     from .report import summary_table, write_figure
 
-    results, errors = evaluate_specs(specs, progress=not args.quiet)
+    try:
+        results, errors = evaluate_specs(specs, progress=not args.quiet)
+    except Exception as e:  # not a verdict on the model: say so with its own exit code
+        traceback.print_exc()
+        print(f"svfcheck gate: internal error while evaluating ({type(e).__name__}: {e}); "
+              "no condition was decided — exit 3", file=sys.stderr)
+        return 3
     if results:
         print(summary_table(results))
     for e in errors:

@@ -123,3 +123,19 @@ def test_corrupted_kv_group_fails_exactness_tiny(tiny_folder, tiny_spec, write_s
     (cond,) = json.loads(spec.with_suffix(".json").read_text())["specs"][0]["conditions"]
     print(f"\ncorrupted kv group: max reconstruction error {cond['measured']:.3g} (bound 1e-5)")
     assert cond["verdict"] == "FAIL" and cond["measured"] > 1e-3  # an O(1)-ish error, not round-off
+
+
+def test_crash_during_evaluation_exits_3_not_1(write_spec, monkeypatch, capsys):
+    """A crash inside the evaluation is not a failed condition: exit 3 with the cause on
+    stderr (an exit 1 would read in CI as 'the model failed the gate')."""
+    import svfcheck.gate.evaluate as ev
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated engine bug")
+
+    monkeypatch.setattr(ev, "evaluate_specs", boom)
+    path = write_spec('[model]\nname = "./nowhere"\n[task]\nkind = "ioi"\nn_prompts = 1\n'
+                      '[[condition]]\nkind = "max_reconstruction_error"\nbound = 0.1\n')
+    assert main([str(path), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error" in err and "simulated engine bug" in err
