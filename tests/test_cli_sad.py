@@ -1,9 +1,9 @@
 """`svfcheck sad` end to end on tiny random local model folders (no download, no hub).
 
 The folders hold a randomly initialised GPT-2 / GPT-NeoX with 12 layers x 12 heads (so the
-paper's GPT-2 and Pythia-160M head tables fit) and a word-level tokenizer built here from the
-IOI task's own words. Expected values come from the model's own attention output and from
-the IOI generator, never from the pipeline under test.
+paper's GPT-2 and Pythia-160M head tables fit) and a word-level tokenizer over the IOI task's
+own words (tests/_tiny_models.py). Expected values come from the model's own attention output and
+from the IOI generator, never from the pipeline under test.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from svfcheck.cli import main
 from svfcheck.real.models import tiny_random_model
 from svfcheck.tasks import ioi
 from svfcheck.tasks.circuits import GPT2_IOI_PAPER_HEADS, PYTHIA160M_IOI_HEADS
+from tests._tiny_models import ioi_word_tokenizer, save_tiny_folder
 
 PAIR_FIELDS = (
     "prompt_index", "layer", "head", "query_pos", "key_pos", "attention", "relative_attention", "terms",
@@ -27,41 +28,17 @@ PAIR_FIELDS = (
 TOP_FIELDS = ("model", "architecture", "prompts", "pairs", "summary", "per_head", "p_values", "max_reconstruction_error")
 
 
-def word_tokenizer(with_names: bool = True):
-    """A word-level fast tokenizer over the IOI templates, places, objects (and names)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    texts = list(ioi.TEMPLATES) + list(ioi.PLACES) + list(ioi.OBJECTS) + ["Then,"]
-    if with_names:
-        texts += list(ioi.NAMES)
-    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)})
-    vocab = {"[UNK]": 0, "[PAD]": 1}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]")
-
-
-def _folder(path, arch: str, tok, **over):
-    model = tiny_random_model(arch, seed=0, vocab_size=len(tok), bos_token_id=1, eos_token_id=1, pad_token_id=1, **over)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    tok = word_tokenizer()
+    tok = ioi_word_tokenizer()
     root = tmp_path_factory.mktemp("tiny")
     return {
-        "gpt2": _folder(root / "gpt2", "gpt2", tok, n_layer=12, n_head=12, n_embd=96),
-        "gpt_neox": _folder(root / "neox", "gpt_neox", tok, num_hidden_layers=12, num_attention_heads=12,
-                            hidden_size=96, intermediate_size=192),
-        "small": _folder(root / "small", "gpt2", tok, n_layer=2, n_head=4, n_embd=32),
-        "no_names": _folder(root / "nonames", "gpt2", word_tokenizer(with_names=False), n_layer=2, n_head=4, n_embd=32),
+        "gpt2": save_tiny_folder(root / "gpt2", "gpt2", tok, n_layer=12, n_head=12, n_embd=96),
+        "gpt_neox": save_tiny_folder(root / "neox", "gpt_neox", tok, num_hidden_layers=12, num_attention_heads=12,
+                                     hidden_size=96, intermediate_size=192),
+        "small": save_tiny_folder(root / "small", "gpt2", tok, n_layer=2, n_head=4, n_embd=32),
+        "no_names": save_tiny_folder(root / "nonames", "gpt2", ioi_word_tokenizer(with_names=False),
+                                     n_layer=2, n_head=4, n_embd=32),
         "tok": tok,
     }
 

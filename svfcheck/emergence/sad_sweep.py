@@ -215,18 +215,6 @@ def build_prompts(settings: EmergenceSettings, tokenizer, series: CheckpointSeri
     return [_Prompt(ps[i].token_ids, {}) for i in pick]
 
 
-def _batches(prompts: list[_Prompt], batch_size: int, pad: int):
-    for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s : s + batch_size]
-        n = max(len(p.ids) for p in chunk)
-        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), n), dtype=torch.long)
-        for b, p in enumerate(chunk):
-            ids[b, : len(p.ids)] = torch.tensor(p.ids)
-            mask[b, : len(p.ids)] = 1
-        yield s, ids, mask
-
-
 # --------------------------------------------------------------------------- heads
 
 
@@ -250,7 +238,7 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
                     "previous_token": np.round(hs.previous_token, 5).tolist()},
             identified_at=step,
         )
-    from ..real.capture import capture
+    from ..real.capture import capture, pad_batches
     from ..real.heads import cached_heads
 
     mh = cached_heads(model)
@@ -277,7 +265,7 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
             at = None
         else:
             attns, vis, pos = [], [], []
-            for s, ids, mask in _batches(prompts, settings.batch_size, pad):
+            for s, ids, mask in pad_batches([p.ids for p in prompts], settings.batch_size, pad):
                 cap = capture(model, ids, mask, heads=mh)
                 for b in range(ids.shape[0]):
                     n = int(mask[b].sum())
@@ -298,7 +286,7 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
     # text: previous-token heads by mean attention i -> i-1 on the prompts
     acc = torch.zeros(mh.n_layers, mh.layers[0].n_heads, dtype=torch.float64)
     cnt = 0
-    for _, ids, mask in _batches(prompts, settings.batch_size, pad):
+    for _, ids, mask in pad_batches([p.ids for p in prompts], settings.batch_size, pad):
         cap = capture(model, ids, mask, heads=mh)
         for b in range(ids.shape[0]):
             n = int(mask[b].sum())
@@ -425,7 +413,7 @@ def _summary(s, sr, sp, k, kr, n_boot: int, seed: int) -> dict:
 def _analyze_checkpoint(loaded, settings: EmergenceSettings, heads: HeadSet, prompts: list[_Prompt],
                         examples: list[tuple[str, int, int]], timing: dict) -> dict:
     """Decompose every selected pair at one checkpoint; summaries overall and per role."""
-    from ..real.capture import capture
+    from ..real.capture import capture, pad_batches
     from ..real.decompose import Pairs, decompose
     from ..real.heads import cached_heads
     from ..real.sad import single_thread
@@ -444,7 +432,7 @@ def _analyze_checkpoint(loaded, settings: EmergenceSettings, heads: HeadSet, pro
     ex_out: dict[str, dict] = {}
     t_fwd = t_dec = 0.0
     max_err = 0.0
-    for s, ids, mask in _batches(prompts, settings.batch_size, _pad_id(loaded.tokenizer)):
+    for s, ids, mask in pad_batches([p.ids for p in prompts], settings.batch_size, _pad_id(loaded.tokenizer)):
         t0 = time.perf_counter()
         cap = capture(model, ids, mask, heads=mh)
         t_fwd += time.perf_counter() - t0

@@ -4,17 +4,21 @@
 per layer: the module's input hidden states (the post-norm residual, exactly what the
 query/key projections read), the RoPE ``(cos, sin)`` it was given, the mask it used (as the
 set of visible keys per query) and its attention probabilities (eager attention).
+:func:`pad_batches` turns ragged prompts into the right-padded ``(input_ids, attention_mask)``
+batches that :func:`capture` expects.
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .heads import ModelHeads, attention_modules, extract_heads
 
-__all__ = ["Capture", "capture", "visible_from_spec"]
+__all__ = ["Capture", "capture", "visible_from_spec", "pad_batches"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +48,54 @@ class Capture:
     @property
     def batch(self) -> int:
         return self.input_ids.shape[0]
+
+
+def pad_batches(
+    prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Right-padded batches of ragged token-id prompts, ready for :func:`capture`.
+
+    Yields ``(start, input_ids, attention_mask)`` per batch of at most ``batch_size`` prompts:
+
+    - ``input_ids`` (b, n) ``torch.long``: row ``r`` holds prompt ``start + r`` in positions
+      ``0 .. len - 1`` followed by ``pad_id`` up to ``n``, the length of the longest prompt *in
+      that batch* (each batch is only as wide as it needs to be);
+    - ``attention_mask`` (b, n) ``torch.long``: 1 on the prompt's tokens, 0 on the padding.
+
+    Ordering: batches follow the input order and rows within a batch too, so row ``r`` of the
+    batch starting at ``start`` is ``prompts[start + r]``; every batch holds exactly
+    ``batch_size`` prompts except possibly the last. Padding is always on the right, so real
+    tokens keep position ids ``0 .. len - 1`` (what :func:`capture` assumes) and eager attention
+    never sees a query row with no visible key.
+
+    The input is checked up front (not on the first ``next``): ``ValueError`` for no prompts,
+    an empty prompt or ``batch_size < 1``.
+    """
+    try:
+        size = operator.index(batch_size)
+    except TypeError:
+        size = 0
+    if isinstance(batch_size, bool) or size < 1:
+        raise ValueError(f"pad_batches: batch_size must be a positive integer, got {batch_size!r}")
+    rows = [tuple(int(t) for t in p) for p in prompts]
+    if not rows:
+        raise ValueError("pad_batches: no prompts given")
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise ValueError(f"pad_batches: prompts {empty[:5]} have no tokens")
+    return _pad_batches(rows, size, int(pad_id))
+
+
+def _pad_batches(rows: list[tuple[int, ...]], batch_size: int, pad_id: int):
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s : s + batch_size]
+        n = max(len(r) for r in chunk)
+        ids = torch.full((len(chunk), n), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), n), dtype=torch.long)
+        for b, r in enumerate(chunk):
+            ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[b, : len(r)] = 1
+        yield s, ids, mask
 
 
 def visible_from_spec(causal: bool, window: int | None, token_mask: torch.Tensor) -> torch.Tensor:

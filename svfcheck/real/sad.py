@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,7 @@ from ..tasks.selection import (
     top_key_pairs,
     validate_heads,
 )
-from .capture import capture
+from .capture import capture, pad_batches
 from .decompose import Pairs, decompose
 from .heads import cached_heads
 from .models import LoadedModel
@@ -113,19 +112,6 @@ def text_prompts(tokenizer, text: str, n: int, n_tokens: int = 64) -> list[Promp
         ids = tokenizer.build_inputs_with_special_tokens(chunk) if hasattr(tokenizer, "build_inputs_with_special_tokens") else chunk
         out.append(Prompt(tokenizer.decode(chunk), tuple(int(t) for t in ids)))
     return out
-
-
-def _batches(prompts: Sequence[Prompt], batch_size: int, pad_id: int):
-    """Right-padded (ids, mask, prompt offset) batches."""
-    for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s : s + batch_size]
-        n = max(len(p.token_ids) for p in chunk)
-        ids = torch.full((len(chunk), n), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), n), dtype=torch.long)
-        for b, p in enumerate(chunk):
-            ids[b, : len(p.token_ids)] = torch.tensor(p.token_ids)
-            mask[b, : len(p.token_ids)] = 1
-        yield ids, mask, s
 
 
 def _progress(it, total, desc, on):
@@ -370,12 +356,12 @@ def analyze(
         dtype = torch.float64 if all(lh.rotary is None and not lh.qk_norm for lh in mh.layers) else torch.float32
     pad = getattr(tok, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
-    batches = list(_batches(ps, batch_size, pad))
+    batches = list(pad_batches([p.token_ids for p in ps], batch_size, pad))
 
     caps: dict[int, Any] = {}  # discovery's captures, reused by the SAD pass (one forward per batch)
     if mode == "discover":
         attns, vis = [], []
-        for ids, mask, s0 in _progress(batches, len(batches), f"{loaded.name}: discover heads", progress):
+        for s0, ids, mask in _progress(batches, len(batches), f"{loaded.name}: discover heads", progress):
             cap = capture(model, ids, mask, heads=mh)
             caps[s0] = cap
             for b in range(ids.shape[0]):
@@ -392,7 +378,7 @@ def analyze(
                              "terms", "k", "rolls_tovee", "k_rotated", "rolls_tovee_rotated", "rolls_tovee_paper_control", "role")}
     keys: list[np.ndarray | None] = []
     max_err = 0.0
-    for ids, mask, s in _progress(batches, len(batches), f"{loaded.name}: SAD", progress):
+    for s, ids, mask in _progress(batches, len(batches), f"{loaded.name}: SAD", progress):
         cap = caps.pop(s) if s in caps else capture(model, ids, mask, heads=mh)
         sel = []
         for b in range(ids.shape[0]):

@@ -15,7 +15,6 @@ Tolerances / thresholds:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 
 import numpy as np
@@ -26,6 +25,7 @@ from svfcheck.emergence import sad_sweep as ss
 from svfcheck.emergence.corpus import char_tokenizer
 from svfcheck.emergence.series import CheckpointSeries
 from svfcheck.real.models import tiny_random_model
+from tests._tiny_models import ioi_word_tokenizer, save_tiny_folder
 
 FAST = ss.EmergenceSettings(task="induction", n_prompts=4, head_sequences=8, n_boot=200, n_boot_contrast=200)
 
@@ -338,24 +338,6 @@ def test_text_llama_sparsity_arrives_with_training(llama_run, tmp_path):
 # ---------------------------------------------------------------- hub path (gpu)
 
 
-def _word_tokenizer():
-    """Word-level tokenizer over the IOI words: every name is one token (no download)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from svfcheck.tasks import ioi
-
-    texts = list(ioi.TEMPLATES) + list(ioi.PLACES) + list(ioi.OBJECTS) + list(ioi.NAMES) + ["Then,"]
-    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)})
-    vocab = {"[UNK]": 0, "[PAD]": 1}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]")
-
-
 @pytest.mark.gpu
 def test_pythia_hub_path_end_to_end(tmp_path, monkeypatch, capsys):
     """`svfcheck emergence --checkpoints pythia:EleutherAI/pythia-160m@0,1000,143000 --task ioi
@@ -366,15 +348,12 @@ def test_pythia_hub_path_end_to_end(tmp_path, monkeypatch, capsys):
     from svfcheck.tasks.circuits import PYTHIA160M_IOI_HEADS
     from svfcheck.tasks.ioi import generate_ioi_prompts
 
-    tok = _word_tokenizer()
+    tok = ioi_word_tokenizer()  # every IOI name is one token
     folders = {}
     for i, step in enumerate((0, 1000, 143000)):
-        m = tiny_random_model("gpt_neox", seed=i, vocab_size=len(tok), num_hidden_layers=12,
-                              num_attention_heads=12, hidden_size=96, intermediate_size=192,
-                              bos_token_id=1, eos_token_id=1, pad_token_id=1)
         folders[f"step{step}"] = tmp_path / f"step{step}"
-        m.save_pretrained(folders[f"step{step}"])
-        tok.save_pretrained(folders[f"step{step}"])
+        save_tiny_folder(folders[f"step{step}"], "gpt_neox", tok, seed=i, num_hidden_layers=12,
+                         num_attention_heads=12, hidden_size=96, intermediate_size=192)
     real_load = models.load_model
     calls = []
 

@@ -7,44 +7,22 @@ RoPE) and a word-level tokenizer over the built-in SAD paragraph, so specs can p
 
 from __future__ import annotations
 
-import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests._tiny_models import paragraph_word_tokenizer, save_tiny_folder
+
 ROOT = Path(__file__).resolve().parents[2]
 ANALYSES = ROOT / "analyses"
-
-
-def word_tokenizer():
-    """Word-level fast tokenizer over the built-in paragraph (every word is in the vocabulary)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from svfcheck.real.sad import DEFAULT_TEXT
-
-    words = sorted(set(re.findall(r"\w+|[^\w\s]+", DEFAULT_TEXT)))
-    vocab = {"[UNK]": 0, "[PAD]": 1}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]")
 
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> str:
     """A saved tiny random llama + tokenizer; the path is a valid ``[model] name``."""
-    from svfcheck.real.models import tiny_random_model
-
-    tok = word_tokenizer()
-    path = tmp_path_factory.mktemp("gate_tiny") / "tiny-llama"
-    model = tiny_random_model("llama", seed=0, vocab_size=len(tok), pad_token_id=1, bos_token_id=1, eos_token_id=1)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    tok = paragraph_word_tokenizer()
+    return save_tiny_folder(tmp_path_factory.mktemp("gate_tiny") / "tiny-llama", "llama", tok, seed=0)
 
 
 def tiny_spec_text(folder: str, conditions: str, *, baseline: bool = True, n_prompts: int = 4,
