@@ -295,20 +295,22 @@ class SVDCache:
                 d_all = d_all[order]
                 o = torch.as_tensor(order)
                 U_all, S_all, V_all = (torch.cat([a, b])[o] for a, b in ((tab[1], Ut), (tab[2], S), (tab[3], Vt)))
-                conv = {dt: tuple(torch.cat([a, b])[o] for a, b in zip(old, self._convert(layer, Ut, S, Vt, dt)))
+                conv = {dt: tuple(torch.cat([a, b], 1).index_select(1, o).contiguous()
+                                  for a, b in zip(old, self._convert(layer, Ut, S, Vt, dt)))
                         for dt, old in tab[4].items()}
             tab = (d_all, U_all, S_all, V_all, conv)
             self._core[layer] = tab
         return tab
 
     def _convert(self, layer: int, Ut, S, Vt, dtype):
-        """``(Ũ, S, Ṽ, F)`` in ``dtype`` with ``F = G_k R_k[kv(h)]ᵀ Ṽ`` (see :meth:`core_lookup`)."""
+        """``(Ũ, S, Ṽ, F)`` in ``dtype``, head-major (H, n_Δ, ...), with ``F = G_k R_k[kv(h)]ᵀ Ṽ``
+        (see :meth:`core_lookup`)."""
         f = self.factors(layer)
         F = f.R_k[f.kv_index].transpose(-1, -2)[None] @ Vt
         lh = self.heads.layer(layer)
         if lh.qk_norm:
             F = lh.k_gain.double()[None, None, :, None] * F
-        return tuple(t.to(dtype) for t in (Ut, S, Vt, F))
+        return tuple(t.transpose(0, 1).to(dtype).contiguous() for t in (Ut, S, Vt, F))
 
     def core(self, layer: int, deltas) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lh = self.heads.layer(layer)
@@ -321,7 +323,8 @@ class SVDCache:
 
     def core_lookup(self, layer: int, deltas, dtype: torch.dtype):
         """For the decomposition: ``(Ũ, S, Ṽ, F, index)`` in ``dtype`` where the first four are
-        the layer's whole table (n_table, H, ...) and ``index`` maps each of ``deltas`` to its
+        the layer's whole table, head-major (H, n_table, ...) so that one head's rows gather
+        contiguously (``T[h].index_select(0, index)``), and ``index`` maps each of ``deltas`` to its
         row. ``F[t, h] = G_k R_k[kv(h)]ᵀ Ṽ[t, h]`` (= ``W̃_Kᵀ v_r`` in head space, with the
         QK-norm key gain) is computed once per (layer, Δ, dtype), not once per pair."""
         lh = self.heads.layer(layer)

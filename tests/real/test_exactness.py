@@ -368,9 +368,10 @@ def test_core_table_grows_and_matches_fresh_svds(setup):
     np.testing.assert_allclose(np.abs(Ug.numpy()), np.abs(Uf.numpy()), atol=1e-12)
     U, S, V, F, rows = grown.core_lookup(1, np.array([0, 3, 3]), torch.float64)
     lh, f = heads.layers[1], grown.factors(1)
-    np.testing.assert_array_equal(S[rows].numpy(), fresh.core(1, [0, 3, 3])[1].numpy())
-    expect = lh.k_gain.double()[:, None] * (f.R_k[f.kv_index].transpose(-1, -2) @ V[rows[1]])
-    np.testing.assert_allclose(F[rows[1]].numpy(), expect.numpy(), rtol=0, atol=1e-12)
+    # core_lookup tables are head-major: (H, n_table, ...)
+    np.testing.assert_array_equal(S[:, rows].transpose(0, 1).numpy(), fresh.core(1, [0, 3, 3])[1].numpy())
+    expect = lh.k_gain.double()[:, None] * (f.R_k[f.kv_index].transpose(-1, -2) @ V[:, rows[1]])
+    np.testing.assert_allclose(F[:, rows[1]].numpy(), expect.numpy(), rtol=0, atol=1e-12)
 
 
 def test_core_lookup_after_growth_equals_a_fresh_lookup(setup):
@@ -383,4 +384,50 @@ def test_core_lookup_after_growth_equals_a_fresh_lookup(setup):
     got = grown.core_lookup(2, [-4, 5, 0, -1], torch.float32)
     want = fresh.core_lookup(2, [-4, 5, 0, -1], torch.float32)
     for g, w in zip(got[:4], want[:4]):
-        np.testing.assert_array_equal(g[got[4]].abs().numpy(), w[want[4]].abs().numpy())
+        np.testing.assert_array_equal(g[:, got[4]].abs().numpy(), w[:, want[4]].abs().numpy())
+
+
+# ---------- the summed route (default for RoPE / QK-norm layers) vs the per-key route ----------
+
+ROUTE_ARCHS = ("gpt_neox", "llama", "mistral", "qwen2", "gemma3_text")
+
+
+@pytest.mark.parametrize("basis", ["pair", "zero"])
+@pytest.mark.parametrize("arch", ROUTE_ARCHS + ("gpt2", "bert"))
+def test_summed_route_equals_per_key_route(arch, basis, setup):
+    """Same terms, relative contributions, both controls and gate (to float64 rounding: 1e-12 of
+    the largest term) whether the other keys' terms are formed one by one or summed first.
+    RoPE-free gpt2/bert go through the same route with ``method="general"`` (e = 1)."""
+    _, heads, cap, pairs = setup(arch)
+    kw = dict(basis=basis, seed=5, method="general")
+    a = decompose(heads, cap, pairs, **kw)
+    b = decompose(heads, cap, pairs, per_key=True, **kw)
+    scale = np.abs(b.terms).max()
+    for f in ("terms", "contributions", "contributions_rotated", "contributions_paper_control", "logit", "singular_values"):
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=0, atol=1e-12 * scale, err_msg=f)
+    np.testing.assert_allclose(a.rolls_tovee_rotated, b.rolls_tovee_rotated, rtol=1e-9)
+    np.testing.assert_array_equal(a.k, b.k)
+    np.testing.assert_array_equal(a.k_rotated, b.k_rotated)
+    assert a.max_reconstruction_error < tol64(arch) and b.max_reconstruction_error < tol64(arch)
+    # A differs by definition (model-side summands vs SVD-basis summands) but not in scale
+    ratio = a.term_abs_max / b.term_abs_max
+    assert 0.25 < ratio.min() and ratio.max() < 4, (ratio.min(), ratio.max())
+
+
+def test_summed_route_gate_catches_a_wrong_key_sum(setup, monkeypatch):
+    """The summed route's own failure mode: a wrong sum over keys (here the last visible key
+    dropped from every query's sum, i.e. an off-by-one window) leaves every per-key logit right
+    but the relative totals wrong; the gate's |Σ_r c_r − ℓ̃_j| term must catch it."""
+    import svfcheck.real.decompose as dec
+
+    _, heads, cap, pairs = setup("llama")
+    assert decompose(heads, cap, pairs, controls=False).max_reconstruction_error < tol64("llama")
+    real = dec._key_sums
+
+    def dropped(vis, O, wz):
+        last = vis.cumsum(-1) == vis.sum(-1, keepdim=True)
+        v = torch.where(last & (vis > 0), torch.zeros_like(vis), vis)
+        return real(v, O, wz)
+
+    monkeypatch.setattr(dec, "_key_sums", dropped)
+    assert decompose(heads, cap, pairs, controls=False).max_reconstruction_error > BROKEN
