@@ -20,6 +20,7 @@ __all__ = [
     "unit",
     "cosine_matrices",
     "pair_alignment",
+    "one_to_one_alignment",
     "isotropy_eps",
     "orthogonality",
     "summarize",
@@ -65,6 +66,57 @@ def pair_alignment(cfg: ToyConfig, W, U, V, rank: int | None = None) -> dict:
         out["key_free"].append(float(cv[b].max()))
         out["query_argmax"].append(int(cu[a].argmax()))
         out["key_argmax"].append(int(cv[b].argmax()))
+    return out
+
+
+def one_to_one_alignment(pairs, W, U, V, rank: int) -> dict:
+    """Order-free, one-to-one alignment of the pairs of interest with singular indices.
+
+    "All pairs of interest are aligned" means: every pair t = (a_t, b_t) is carried by its own
+    rank-1 component s_j u_j v_jᵀ of Ω, i.e. there is an injective assignment σ of pairs to
+    singular indices j < ``rank`` with |cos(w_{a_t}, u_σ(t))| and |cos(w_{b_t}, v_σ(t))| both
+    high. The *same* index for query and key (one component carries one pair), *distinct*
+    indices for distinct pairs (one rank-1 component cannot carry two different feature pairs:
+    two pairs that share a singular vector, as the matching-free max allows at low p, are not
+    both aligned), and *no index order* assumed (at low p the order of the singular values need
+    not follow Λ). The score of pair t under σ is min(query |cos|, key |cos|); the returned
+    ``value`` is the bottleneck max_σ min_t of it — so ``value ≥ 0.9`` iff some one-to-one
+    assignment has every pair's query *and* key |cos| ≥ 0.9 (exact: bipartite matching with
+    scipy's ``linear_sum_assignment`` on the thresholded score, binary search over the scores).
+
+    ``pairs``: ``cfg.pairs_of_interest`` (a, b, value); ``W`` d×n, ``U``/``V`` d×≥rank (columns).
+    Returns ``value`` (nan if there are no pairs or more pairs than ``rank``), ``assignment``
+    (σ, list of singular indices, None if undefined), ``query`` / ``key`` (assigned |cos|).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pairs = list(pairs)
+    k = len(pairs)
+    out = {"value": float("nan"), "assignment": None, "query": [], "key": []}
+    if k == 0 or k > rank:
+        return out
+    cu, cv = cosine_matrices(W, U, V, rank)
+    a = [t[0] for t in pairs]
+    b = [t[1] for t in pairs]
+    score = np.minimum(cu[a], cv[b])  # k × rank
+
+    def matching(thr):
+        r, c = linear_sum_assignment((score >= thr).astype(float), maximize=True)
+        return c if bool((score[r, c] >= thr).all()) else None
+
+    vals = np.unique(score)  # ascending; the bottleneck is one of them
+    lo, hi = 0, len(vals) - 1  # matching(vals[0]) always exists (complete bipartite graph)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if matching(vals[mid]) is not None:
+            lo = mid
+        else:
+            hi = mid - 1
+    sigma = matching(vals[lo])
+    out["value"] = float(vals[lo])
+    out["assignment"] = [int(j) for j in sigma]
+    out["query"] = [float(cu[a[t], j]) for t, j in enumerate(sigma)]
+    out["key"] = [float(cv[b[t], j]) for t, j in enumerate(sigma)]
     return out
 
 

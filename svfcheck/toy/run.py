@@ -12,11 +12,12 @@ import numpy as np
 from . import figures
 from .config import TrainConfig, preset
 from .dynamics import training_dynamics
-from .metrics import check_alignment
+from .metrics import check_alignment, one_to_one_alignment
 from .sad import sad_over_training, toy_sad
 from .train import train_many
 
-__all__ = ["run_default", "run_preset", "run_sweeps", "arrival_step", "to_jsonable"]
+__all__ = ["run_default", "run_preset", "run_sweeps", "arrival_step", "arrival_step_one_to_one", "arrival_trend",
+           "one_to_one_over_training", "to_jsonable"]
 
 
 def to_jsonable(x):
@@ -118,18 +119,89 @@ def run_default(out_dir, seeds: Sequence[int] = (0, 1, 2), steps: int = 10_000, 
     return run_preset("default", out_dir, seeds=seeds, steps=steps, progress=progress, device=device)
 
 
+def _first_stable(steps, ok):
+    """First of ``steps`` from which ``ok`` holds at every later record; None if never."""
+    ok = np.asarray(ok, dtype=bool)
+    bad = np.flatnonzero(~ok)
+    j = int(bad[-1]) + 1 if bad.size else 0
+    return int(steps[j]) if j < len(ok) else None
+
+
 def arrival_step(traj: dict, threshold: float = 0.9):
     """First recorded step from which the matching-free mean |cos| (the smaller of the query and
-    key means over the pairs) stays ≥ ``threshold`` to the end of training; None if never."""
+    key means over the pairs) stays ≥ ``threshold`` to the end of training; None if never.
+
+    Matching-free: two pairs may count as aligned with the *same* singular vector (seen at low p).
+    For "every pair of interest has arrived" use :func:`arrival_step_one_to_one`."""
     q = np.asarray(traj["query_free"], dtype=float)
     k = np.asarray(traj["key_free"], dtype=float)
     if q.ndim != 2 or q.shape[1] == 0:  # no pairs of interest (e.g. Λ = 0)
         return None
-    ok = np.minimum(q.mean(1), k.mean(1)) >= threshold
-    for j in range(len(ok)):
-        if ok[j:].all():
-            return int(traj["step"][j])
-    return None
+    return _first_stable(traj["step"], np.minimum(q.mean(1), k.mean(1)) >= threshold)
+
+
+def one_to_one_over_training(traj: dict, cfg) -> np.ndarray:
+    """Per record, :func:`~svfcheck.toy.metrics.one_to_one_alignment` ``value`` of ``cfg``'s
+    pairs of interest (needs a trajectory recorded with ``TrainConfig(snapshots=True)``)."""
+    if not all(k in traj for k in ("W", "U", "V")):
+        raise ValueError("one-to-one alignment over training needs W, U, V snapshots "
+                         "(train with TrainConfig(snapshots=True))")
+    pairs = cfg.pairs_of_interest
+    return np.array([one_to_one_alignment(pairs, W, U, V, cfg.d_h)["value"]
+                     for W, U, V in zip(traj["W"], traj["U"], traj["V"])], dtype=float)
+
+
+def arrival_step_one_to_one(traj: dict, cfg, threshold: float = 0.9):
+    """Arrival of alignment of *all* pairs of interest: first recorded step from which there is,
+    at every later record, a one-to-one assignment of the pairs to distinct singular indices (any
+    order) with every pair's query and key |cos| ≥ ``threshold``
+    (:func:`~svfcheck.toy.metrics.one_to_one_alignment`); None if never (or no pairs).
+
+    Why this and not :func:`arrival_step`: "all four pairs are aligned" means each pair is carried
+    by a rank-1 component u_j v_jᵀ of Ω; one component cannot carry two different feature pairs,
+    so two pairs sharing a singular vector (which the matching-free max counts as two aligned
+    pairs) have not both arrived. Index order is not assumed (at low p the singular values need
+    not be ordered like Λ), and each pair — not only the mean over pairs — must be aligned.
+    This is also the early-stop rule of ``TrainConfig.stop_aligned``."""
+    if not cfg.pairs_of_interest:
+        return None
+    return _first_stable(traj["step"], one_to_one_over_training(traj, cfg) >= threshold)
+
+
+def arrival_trend(arrivals: dict) -> dict:
+    """Fig. 13 trend: does alignment arrive earlier the larger p?
+
+    ``arrivals``: ``{p: [arrival step per seed, None if it never arrived within the budget]}``.
+    Returns per p the seed ``mean`` / ``median`` (None if a seed did not arrive), ``not_arrived``
+    (the p values with a seed that did not arrive) and Spearman ρ between p and the seed-mean
+    arrival (``rho``) and between p and every seed's arrival (``rho_per_seed``). A seed that did
+    not arrive is *censored*, not failed: it arrives after every recorded step, so it enters the
+    rank correlation as +inf (later than every seed that arrived; ties among censored). That is
+    what the paper attributes to its step budget at low p, and it counts *for* the trend there —
+    but a censored large p counts against it. The trend holds if ``rho < 0`` (nan: undefined,
+    e.g. no p value arrived).
+    """
+    from scipy.stats import spearmanr
+
+    ps = sorted(arrivals, reverse=True)
+    mean, median, not_arrived = {}, {}, []
+    for p in ps:
+        a = list(arrivals[p])
+        ok = len(a) > 0 and all(x is not None for x in a)
+        mean[p] = float(np.mean(a)) if ok else None
+        median[p] = float(np.median(a)) if ok else None
+        if not ok:
+            not_arrived.append(p)
+
+    def inf(x):
+        return np.inf if x is None else float(x)
+
+    def rho_(x, y):  # nan if undefined (fewer than 2 points or a constant side, e.g. nothing arrived)
+        return float(spearmanr(x, y).statistic) if len(set(x)) > 1 and len(set(y)) > 1 else float("nan")
+
+    rho = rho_(ps, [inf(mean[p]) for p in ps])
+    rho_seed = rho_([p for p in ps for _ in arrivals[p]], [inf(x) for p in ps for x in arrivals[p]])
+    return {"mean": mean, "median": median, "not_arrived": not_arrived, "rho": rho, "rho_per_seed": rho_seed}
 
 
 SWEEPS = {
@@ -147,9 +219,11 @@ def run_sweeps(out_dir, seeds: Sequence[int] = (0,), steps: int = 10_000, p_step
     """App. A robustness sweeps of the default config; writes ``sweep_*.png`` and ``sweeps.json``.
 
     For each swept value: final matching-free and index-matched mean |cos| (seed mean) and the
-    arrival step of alignment (:func:`arrival_step`). The p sweep has the paper's budget of up
+    arrival step of alignment (:func:`arrival_step`; for p also :func:`arrival_step_one_to_one`
+    and the Fig. 13 :func:`arrival_trend` of it). The p sweep has the paper's budget of up
     to ``p_steps`` (80k) steps, each p value stopping early once aligned and stable
-    (``TrainConfig.stop_aligned=p_stop`` for ``p_patience`` steps; ``p_stop=None``: no early stop).
+    (``TrainConfig.stop_aligned=p_stop`` — one-to-one alignment — for ``p_patience`` steps;
+    ``p_stop=None``: no early stop).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +236,7 @@ def run_sweeps(out_dir, seeds: Sequence[int] = (0,), steps: int = 10_000, p_step
         t0 = time.perf_counter()
         if key == "p":
             tcfg = TrainConfig(steps=p_steps, progress=progress, record_every=250, stop_aligned=p_stop,
-                               stop_patience=max(250, p_patience))
+                               stop_patience=max(250, p_patience), snapshots=True)  # W, U, V: one-to-one arrival
         else:
             tcfg = TrainConfig(steps=steps, progress=progress, record_every=250)
         res = train_many(cfgs, seeds=seeds, tcfg=tcfg, device=device, workers=workers, separate_configs=key == "p")
@@ -174,10 +248,16 @@ def run_sweeps(out_dir, seeds: Sequence[int] = (0,), steps: int = 10_000, p_step
             idx = [min(np.nanmean(r.summary["alignment"]["query_index"]), np.nanmean(r.summary["alignment"]["key_index"]))
                    for r in rs]
             arr = [arrival_step(r.trajectory) for r in rs]
-            rows.append({"value": v, "matching_free": float(np.mean(free)), "index_matched": float(np.mean(idx)),
-                         "arrival_steps": arr, "steps_trained": [int(r.trajectory["step"][-1]) for r in rs],
-                         "aligned": all(check_alignment(r.summary, ordered=False, matching_free=True).ok for r in rs)})
+            row = {"value": v, "matching_free": float(np.mean(free)), "index_matched": float(np.mean(idx)),
+                   "arrival_steps": arr, "steps_trained": [int(r.trajectory["step"][-1]) for r in rs],
+                   "aligned": all(check_alignment(r.summary, ordered=False, matching_free=True).ok for r in rs)}
+            if key == "p":
+                row["arrival_steps_one_to_one"] = [arrival_step_one_to_one(r.trajectory, c) for r in rs]
+            rows.append(row)
         result["sweeps"][key] = {"rows": rows, "seconds": time.perf_counter() - t0}
+        if key == "p":  # Fig. 13 trend on the one-to-one arrival (arrival_trend)
+            result["sweeps"][key]["arrival_trend"] = arrival_trend(
+                {r["value"]: r["arrival_steps_one_to_one"] for r in rows})
         xs = [r["value"] for r in rows]
         figures.sweep_curve(xs, {"matching-free": [r["matching_free"] for r in rows],
                                  "index-matched": [r["index_matched"] for r in rows]},

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .config import ToyConfig, TrainConfig
-from .metrics import pair_alignment, summarize
+from .metrics import one_to_one_alignment, pair_alignment, summarize
 from .model import ToyModel, group_compatible
 
 __all__ = ["NonFiniteLossError", "InstanceResult", "TrainResult", "train", "train_many", "make_model"]
@@ -117,10 +117,15 @@ def _record(model: ToyModel, traj: list[dict], step: int, L_rec, L_attn, snapsho
         traj[i].append(rec)
 
 
-def _aligned(rec: dict, threshold: float) -> bool:
-    """Early-stop criterion of one record: min(query, key) matching-free mean |cos| ≥ threshold."""
-    q, k = rec["query_free"], rec["key_free"]
-    return bool(q) and min(float(np.mean(q)), float(np.mean(k))) >= threshold
+def _aligned(model: ToyModel, threshold: float) -> list[bool]:
+    """Early-stop criterion at a record, per instance: one-to-one alignment ≥ threshold
+    (:func:`~svfcheck.toy.metrics.one_to_one_alignment`: every pair of interest has its own
+    singular index, any order, with query and key |cos| ≥ threshold; False without pairs).
+    Implies the matching-free mean ≥ threshold (max over indices ≥ the assigned index)."""
+    U, _S, V = _omega_batch(model)
+    W = model.W.detach().double().cpu().numpy()
+    return [bool(one_to_one_alignment(c.pairs_of_interest, W[i][:, : c.n], U[i], V[i], c.d_h)["value"] >= threshold)
+            for i, c in enumerate(model.configs)]
 
 
 def _stack(recs: list[dict]) -> dict:
@@ -182,8 +187,9 @@ def _train(model: ToyModel, tcfg: TrainConfig, desc: str) -> list[InstanceResult
             if step % tcfg.record_every == 0 or step == total:
                 _record(model, traj, step, L_rec.detach().cpu().numpy(), L_attn.detach().cpu().numpy(), tcfg.snapshots)
                 if tcfg.stop_aligned is not None:
+                    ok = _aligned(model, tcfg.stop_aligned)
                     for i in range(model.I):
-                        if _aligned(traj[i][-1], tcfg.stop_aligned):
+                        if ok[i]:
                             streak[i] = step if streak[i] is None else streak[i]
                         else:
                             streak[i] = None

@@ -4,8 +4,9 @@ Each fixture trains its whole set of instances once (batched; on CPU split over
 ``TOY_WORKERS`` processes, default 2 = the CI core count) and caches the results for every
 assertion. Budgets: 10k steps for every App. A configuration and the 100-feature preset (the
 paper's Fig. 3 run is 10k steps); the p sweep gets the paper's budget of up to 80k steps with
-an early stop once aligned and stable (every instance's matching-free alignment ≥ 0.9 — the
-alignment claim's threshold — at every record for 5k steps; each p value stops on its own);
+an early stop once aligned and stable (every instance one-to-one aligned — each pair of interest
+on its own singular index, any order, query and key |cos| ≥ 0.9, the alignment claim's
+threshold — at every record for 5k steps; each p value stops on its own);
 4k head-only steps for App. C.3.
 """
 
@@ -101,8 +102,10 @@ def toy_psweep(device):
 
     D = preset("default")
     cfgs = [D.with_(p=p, name=f"p{p:g}") for p in PS]
+    # snapshots: W, U, V per record for the one-to-one arrival step (run.arrival_step_one_to_one)
     res = train_many(cfgs, seeds=P_SEEDS, tcfg=TrainConfig(steps=P_STEPS, progress=False, record_every=250,
-                                                          stop_aligned=P_STOP, stop_patience=P_PATIENCE),
+                                                          stop_aligned=P_STOP, stop_patience=P_PATIENCE,
+                                                          snapshots=True),
                      device=device, workers=_workers(device), separate_configs=True)
     idx = _index(res)
     idx["_seconds"] = res.seconds
