@@ -24,7 +24,9 @@ keys of the step **(choice)**; logits ``ℓ_j = x_rᵀ W_Q W_Kᵀ x_{s_j}`` (no 
 Sampling **(choice)**: one uniform ``u ~ U[0,1)`` per feature gives both the Bernoulli(p)
 presence ``u < p`` and the strength ``u/p`` (which is U[0,1) given presence) — the same
 distribution as two draws at half the random numbers. ``u`` is numpy's float32 uniform
-(24 random bits), drawn 64 bits at a time; a step's strengths are laid out feature-major
+(24 random bits; the two halves of each 64-bit draw in turn), drawn per step straight into the
+batch without RoPE (with RoPE: raw 64-bit draws several steps at a time, then positions; the
+same numbers); a step's strengths are laid out feature-major
 (``Batch.fT``, N × tokens), and the trainer uses a hand-derived gradient in that layout
 (:meth:`ToyModel.losses_and_grads`; :meth:`ToyModel.losses` + autograd is the reference).
 
@@ -144,6 +146,7 @@ class ToyModel(torch.nn.Module):
         self.register_buffer("p", torch.tensor([c.p for c in configs], **f32))
         self.register_buffer("lam", torch.tensor([c.lam for c in configs], **f32))
         self.register_buffer("p_neg_scaled", -self.p * 2.0**24)
+        self.register_buffer("p_neg", -self.p)
         if self.rope is not None:
             theta = torch.tensor(self.rope.theta(H), **f32)  # (H/2,)
             self.register_buffer("theta", theta)
@@ -204,9 +207,38 @@ class ToyModel(torch.nn.Module):
         torch.nn.functional.threshold_(y, -1.0, 0.0)
         return y.neg_()
 
-    def _batch(self, raw: torch.Tensor, pos: torch.Tensor | None) -> Batch:
+    def _draw_uniform(self) -> torch.Tensor:
+        """One step's uniforms ``u`` (I, N, T) float32 (zeros in padded features), each instance's
+        ``n_i·T`` numbers from its own generator (``g.random(dtype=float32)``, i.e.
+        ``(uint32 >> 8)·2⁻²⁴``), written straight into the batch (no intermediate arrays). Used
+        without RoPE; for an even ``n_i·T`` the numbers are exactly those of :meth:`_draw_raw`
+        (numpy serves 32-bit draws as the low then the high half of each 64-bit draw, and
+        nothing else draws from the generator between steps), so both paths give the same stream."""
         I, N, Q, m = self.I, self.N, self.Q, self.m
-        fT = self._strengths(raw.to(self.device)).contiguous()  # (I, N, T)
+        T = Q * (1 + m)
+        padded = any(c.n != N for c in self.configs)
+        u = (torch.zeros if padded else torch.empty)((I, N, T), dtype=torch.float32)
+        un = u.numpy()
+        for i, (c, g) in enumerate(zip(self.configs, self.gens)):
+            g.random(dtype=np.float32, out=un[i] if c.n == N else un[i, : c.n])  # leading rows: contiguous
+        return u
+
+    def _strengths_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """:meth:`_strengths` from the uniforms themselves, in place: ``u/(−p)`` is bit for bit
+        ``k/(−p·2²⁴)`` with ``u = k·2⁻²⁴`` (both the correctly rounded float32 of the same real),
+        and the presence test is the same thresholding of that quotient."""
+        if self.binary:
+            return (u < self.p[:, None, None]).float()
+        y = u.div_(self.p_neg[:, None, None])
+        torch.nn.functional.threshold_(y, -1.0, 0.0)
+        return y.neg_()
+
+    def _batch(self, raw: torch.Tensor | None, pos: torch.Tensor | None) -> Batch:
+        I, N, Q, m = self.I, self.N, self.Q, self.m
+        if raw is None:  # no RoPE: draw this step's uniforms now (cache-hot for the step)
+            fT = self._strengths_from_uniform(self._draw_uniform().to(self.device))
+        else:
+            fT = self._strengths(raw.to(self.device)).contiguous()  # (I, N, T)
         fq = fT[:, :, :Q].transpose(1, 2)
         fk = fT[:, :, Q:].reshape(I, N, m, Q).permute(0, 3, 2, 1)
         b = Batch(fq=fq, fk=fk, fT=fT)
@@ -218,15 +250,20 @@ class ToyModel(torch.nn.Module):
     @torch.no_grad()
     def draw(self, steps: int) -> list[Batch]:
         """Draw ``steps`` batches; each instance from its own generator at its own shape."""
+        if self.rope is None:
+            return [self._batch(None, None) for _ in range(steps)]
         raw, pos = self._draw_raw(steps)
         return [self._batch(raw[:, s], None if pos is None else pos[:, s]) for s in range(steps)]
 
     @torch.no_grad()
     def next_batch(self, chunk: int) -> Batch:
-        """The next step's batch. Raw draws are taken ``chunk`` steps at a time (capped so that a
-        large batch holds at most ``_RAW_BUDGET`` numbers) and turned into strengths one step at a
-        time (cache-friendly). Without RoPE the chunk size does not change the data (each
-        instance's stream is sequential); with RoPE positions are drawn after each chunk's strengths."""
+        """The next step's batch. Without RoPE each step's uniforms are drawn when it is needed,
+        straight into the batch (:meth:`_draw_uniform`; ``chunk`` is then irrelevant: each
+        instance's stream is sequential, so drawing several steps at once would give the same
+        data). With RoPE raw draws are taken ``chunk`` steps at a time (capped so that a large
+        batch holds at most ``_RAW_BUDGET`` numbers), positions after each chunk's strengths."""
+        if self.rope is None:
+            return self._batch(None, None)
         if not self._buf:
             per_step = self.I * self.N * self.Q * (1 + self.m)
             steps = max(1, min(int(chunk), self._RAW_BUDGET // per_step))
@@ -304,14 +341,19 @@ class ToyModel(torch.nn.Module):
         trainer instead of autograd (equality with autograd is tested in tests/toy). Why: a step
         of a 25-instance batch is bound by memory traffic over the (I, N, T) arrays; autograd's
         graph walks them ~20 times (masks, pow, broadcast products, token-major matmuls with a
-        transposed operand), this ~10 times with contiguous matmuls, and a 1-instance step skips
+        transposed operand), this ~8 times with contiguous matmuls, and a 1-instance step skips
         the graph's Python overhead. Padded features and head columns need no masks: their
         weights, data and hence gradients are exactly zero. RoPE models use :meth:`losses`.
 
         Per instance (columns = tokens): ``X = W F``, ``Z = Wᵀ X + b``, ``E = ReLU(Z) − F``,
-        ``L_rec = ‖E‖²/T``, ``∂L_rec/∂Z = (2/T) E ⊙ 1[Z>0]``. Head: ``q = W_Qᵀ x_r``, ``k_j = W_Kᵀ x_j``,
-        ``ℓ_j = q·k_j``, ``∂(λ L_attn)/∂ℓ = (λ/Q)(softmax ℓ − π*)``. ``∂/∂W`` collects W's two
-        roles: decoder ``X (∂Z)ᵀ`` and encoder ``(∂X) Fᵀ`` with ``∂X = W ∂Z + W_Q ∂q + W_K ∂k``.
+        ``L_rec = ‖E‖²/T``, ``∂L_rec/∂Z = (2/T) E ⊙ 1[Z>0]``. Head through the bilinear form
+        ``Ω = W_Q W_Kᵀ`` (d×d): ``y = Ωᵀ x_r`` once per query, ``ℓ_j = y·x_j``,
+        ``∂ℓ := ∂(λ L_attn)/∂ℓ = (λ/Q)(softmax ℓ − π*)``, ``g = Σ_j ∂ℓ_j x_j``,
+        ``∂Ω = Σ_r x_r gᵀ``, ``∂W_Q = ∂Ω W_K``, ``∂W_K = ∂Ωᵀ W_Q``, ``∂x_r = Ω g``,
+        ``∂x_j = ∂ℓ_j y`` — the same gradient as through ``q = W_Qᵀ x_r``, ``k_j = W_Kᵀ x_j`` up to
+        float re-association, without a head projection per key (≈4× fewer head FLOPs at
+        d_h = d). ``∂/∂W`` collects W's two roles: decoder ``X (∂Z)ᵀ`` and encoder ``(∂X) Fᵀ``.
+        The target uses only the ranges of Λ's non-zero rows/columns (:meth:`_target_fT`).
         """
         if self.rope is not None:
             raise ValueError("losses_and_grads does not support RoPE; use losses() with autograd")
@@ -321,35 +363,36 @@ class ToyModel(torch.nn.Module):
         I, N, T = F.shape
         Q, m = self.Q, self.m
         W, WQ, WK = self.W, self.WQ, self.WK
-        H = WQ.shape[-1]
+        d = W.shape[1]
         X = torch.bmm(W, F)  # (I,d,T)
         Xq, Xk = X[:, :, :Q], X[:, :, Q:]
-        q = torch.bmm(WQ.transpose(1, 2), Xq)  # (I,H,Q)
-        k = torch.bmm(WK.transpose(1, 2), Xk).view(I, H, m, Q)  # key j of query q at [:, :, j, q]
-        logits = (k * q[:, :, None, :]).sum(1)  # (I,m,Q)
+        Xk4 = Xk.view(I, d, m, Q)  # key j of query q at [:, :, j, q]
+        Om = torch.bmm(WQ, WK.transpose(1, 2))  # (I,d,d) Ω = W_Q W_Kᵀ
+        Y = torch.bmm(Om.transpose(1, 2), Xq)  # (I,d,Q): Ωᵀ x_r
+        logits = (Xk4 * Y[:, :, None, :]).sum(1)  # (I,m,Q) = x_rᵀ Ω x_j
         if self.teacher is not None:  # ℓ* = x_rᵀ M_T x_s (no gradient through the target)
             tq = torch.bmm(self.teacher.transpose(1, 2), Xq)  # (I,d,Q)
-            tgt = (Xk.reshape(I, -1, m, Q) * tq[:, :, None, :]).sum(1)
+            tgt = (Xk4 * tq[:, :, None, :]).sum(1)
         else:
-            tq = torch.bmm(self.Lam.transpose(1, 2), F[:, :, :Q])  # (I,N,Q): Λᵀ f_r
-            tgt = (F[:, :, Q:].reshape(I, N, m, Q) * tq[:, :, None, :]).sum(1)
+            tgt = self._target_fT(F)
         pi_star = torch.softmax(tgt, dim=1)
         logp = torch.log_softmax(logits, dim=1)
         L_attn = -(pi_star * logp).sum(1).mean(-1)
         dl = (logp.exp_() - pi_star).mul_((self.lam / Q)[:, None, None])  # (I,m,Q) = ∂(λ L_attn)/∂ℓ
-        dq = (k * dl[:, None]).sum(2)  # (I,H,Q)
-        dk = (q[:, :, None, :] * dl[:, None]).view(I, H, m * Q)  # (I,H,Q·m)
+        G = (Xk4 * dl[:, None]).sum(2)  # (I,d,Q) = Σ_j ∂ℓ_j · x_j
         if WQ.requires_grad:
-            WQ.grad = torch.bmm(Xq, dq.transpose(1, 2))
-            WK.grad = torch.bmm(Xk, dk.transpose(1, 2))
+            dOm = torch.bmm(Xq, G.transpose(1, 2))  # (I,d,d) = ∂/∂Ω
+            WQ.grad = torch.bmm(dOm, WK)
+            WK.grad = torch.bmm(dOm.transpose(1, 2), WQ)
         train_W = W.requires_grad
         dX = None
         if reconstruction:
-            Z = torch.baddbmm(self.b[:, :, None], W.transpose(1, 2), X)  # (I,N,T)
-            E = torch.relu(Z).sub_(F)
+            R = torch.baddbmm(self.b[:, :, None], W.transpose(1, 2), X).relu_()  # (I,N,T) ReLU(Z)
+            E = R - F
             L_rec = torch.linalg.vector_norm(E.view(I, -1), dim=1).square_().div_(T)
             if self.b.requires_grad or train_W:
-                dZ = torch.ops.aten.threshold_backward(E, Z, 0.0)  # E ⊙ 1[Z>0]; the factor 2/T comes below
+                # E ⊙ 1[Z>0], in place (R > 0 ⇔ Z > 0, NaN included); the factor 2/T comes below
+                dZ = torch.ops.aten.threshold_backward.grad_input(E, R, 0.0, grad_input=E)
                 if self.b.requires_grad:
                     self.b.grad = dZ.sum(2).mul_(2.0 / T)
                 if train_W:
@@ -361,10 +404,33 @@ class ToyModel(torch.nn.Module):
             if dX is None:
                 gW = torch.zeros_like(W)
                 dX = torch.zeros_like(X)
-            dX[:, :, :Q] += torch.bmm(WQ, dq)
-            dX[:, :, Q:] += torch.bmm(WK, dk)
+            dX[:, :, :Q].baddbmm_(Om, G)  # ∂/∂x_r = Ω Σ_j ∂ℓ_j x_j
+            dX[:, :, Q:].view(I, d, m, Q).addcmul_(Y[:, :, None, :], dl[:, None])  # ∂/∂x_j = Ωᵀ x_r ∂ℓ_j
             W.grad = gW.baddbmm_(dX, F.transpose(1, 2))  # encoder role
         return L_rec, L_attn
+
+    def _target_fT(self, F: torch.Tensor) -> torch.Tensor:
+        """Target logits (I, m, Q) ``ℓ*_j = f_rᵀ Λ f_j`` from the feature-major strengths, using
+        only the range of rows (query features) and of columns (key features) of Λ that holds its
+        non-zeros in the batch: the terms left out are exact zeros, so these are the same sums
+        with fewer zero terms (slices of F, no copies). The ranges are cached and recomputed
+        whenever the ``Lam`` buffer is modified."""
+        I, N, T = F.shape
+        Q, m = self.Q, self.m
+        key = (self.Lam._version, self.Lam.data_ptr())
+        if getattr(self, "_lam_support", (None,))[0] != key:
+            nz = self.Lam != 0
+            rows = torch.nonzero(nz.any(2).any(0)).flatten().tolist()
+            cols = torch.nonzero(nz.any(1).any(0)).flatten().tolist()
+            if not rows:  # Λ = 0: a single zero row and column give the zero target
+                rows = cols = [0]
+            a0, a1, b0, b1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            LamT = self.Lam[:, a0:a1, b0:b1].transpose(1, 2).contiguous()  # (I, |B|, |A|)
+            self._lam_support = (key, a0, a1, b0, b1, LamT)
+        _, a0, a1, b0, b1, LamT = self._lam_support
+        tq = torch.bmm(LamT, F[:, a0:a1, :Q])  # (I,|B|,Q): (Λᵀ f_r) on the key range
+        Fk = F[:, b0:b1, Q:].view(I, b1 - b0, m, Q)
+        return (Fk * tq[:, :, None, :]).sum(1)
 
     # ---- state --------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:

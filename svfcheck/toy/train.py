@@ -136,6 +136,63 @@ def _stack(recs: list[dict]) -> dict:
     return out
 
 
+#: AdamW implementation used by :func:`train`: ``"fused"`` (PyTorch's fused AdamW kernel
+#: ``torch._fused_adamw_``, one C++ call for all parameters, called directly by
+#: :class:`FusedAdamW`) or ``"single"`` (``torch.optim.AdamW``'s default on CPU, the per-tensor
+#: loop). Same algorithm and hyper-parameters; the fused kernel orders the float32 operations
+#: differently, so trajectories agree to float32 rounding (tests/toy/test_fast_paths.py). Why:
+#: on CPU the per-tensor loop is ~25% of a 1-instance step, and ``torch.optim``'s constructor
+#: imports ``torch._dynamo`` (~1 s in every fresh process, e.g. each ``train_many`` worker).
+ADAMW_IMPL = "fused"
+
+
+class FusedAdamW:
+    """AdamW (decoupled weight decay, β = (0.9, 0.999), ε = 1e-8, no amsgrad: torch's defaults)
+    through the kernel ``torch.optim.AdamW(fused=True).step()`` calls, with the same state (step
+    counters as float32 scalars, moments zero-initialised) and the same skip of parameters
+    without a gradient — bit for bit that optimizer (tested), without its Python machinery.
+    ``param_groups[0]["lr"]`` is the learning rate of the next step."""
+
+    def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = list(params)
+        self.param_groups = [{"lr": float(lr)}]
+        self.weight_decay, self.betas, self.eps = float(weight_decay), tuple(betas), float(eps)
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        steps = [self.steps[i] for i in live]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adamw_(
+            [self.params[i] for i in live], [self.params[i].grad for i in live],
+            [self.exp_avgs[i] for i in live], [self.exp_avg_sqs[i] for i in live], [], steps,
+            amsgrad=False, lr=self.param_groups[0]["lr"], beta1=self.betas[0], beta2=self.betas[1],
+            weight_decay=self.weight_decay, eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
+        )
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+def make_optimizer(params, tcfg: TrainConfig):
+    """The trainer's AdamW over ``params`` (lr, weight decay from ``tcfg``; see :data:`ADAMW_IMPL`).
+    Both kinds expose ``step()``, ``zero_grad()`` and ``param_groups[*]["lr"]``."""
+    params = list(params)
+    if ADAMW_IMPL not in ("fused", "single"):
+        raise ValueError(f"ADAMW_IMPL must be 'fused' or 'single'; got {ADAMW_IMPL!r}")
+    fusable = all(p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+                  and p.device.type in ("cpu", "cuda") for p in params)
+    if ADAMW_IMPL == "fused" and fusable and hasattr(torch, "_fused_adamw_"):
+        return FusedAdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=False)
+
+
 def train(model: ToyModel, tcfg: TrainConfig = TrainConfig(), desc: str = "toy") -> list[InstanceResult]:
     """Train all instances of ``model`` in place; return one :class:`InstanceResult` each."""
     old_threads = torch.get_num_threads()
@@ -154,13 +211,14 @@ def _train(model: ToyModel, tcfg: TrainConfig, desc: str) -> list[InstanceResult
     if not tcfg.train_features:
         model.W.requires_grad_(False)
         model.b.requires_grad_(False)
-    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt = make_optimizer(params, tcfg)
     total = tcfg.steps
     manual = tcfg.manual_grad and model.rope is None
-    if tcfg.cosine:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if tcfg.cosine:  # lr with cosine decay to 0 over the steps (set before each optimizer step)
+        def lr_at(s: int) -> float:  # what LambdaLR(opt, f) sets for step s: base_lr · f(s)
+            return tcfg.lr * (0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     else:
-        sched = None
+        lr_at = None
     traj: list[list[dict]] = [[] for _ in range(model.I)]
     streak: list[int | None] = [None] * model.I  # early stop: first step of the current aligned run
     last_good = model.state()
@@ -201,9 +259,10 @@ def _train(model: ToyModel, tcfg: TrainConfig, desc: str) -> list[InstanceResult
             if not manual:
                 opt.zero_grad(set_to_none=True)
                 loss_i.sum().backward()
+            if lr_at is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
             opt.step()
-            if sched is not None:
-                sched.step()
             bar.update(1)
     finally:
         bar.close()
