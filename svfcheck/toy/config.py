@@ -223,8 +223,9 @@ class TrainConfig:
     (:meth:`~svfcheck.toy.model.ToyModel.losses_and_grads`, several times cheaper per instance in
     a batch) instead of autograd; RoPE models always use autograd.
     ``stop_aligned``: early stop (``None``: off). Training ends before ``steps`` once every
-    instance's alignment — the smaller of its query and key matching-free mean |cos| over the
-    pairs of interest, read at each record — has stayed ≥ ``stop_aligned`` at every record for
+    instance's one-to-one alignment (:func:`svfcheck.toy.metrics.one_to_one_alignment`: every
+    pair of interest on its own singular index, any order, query and key |cos| ≥ the value),
+    read at each record, has stayed ≥ ``stop_aligned`` at every record for
     the last ``stop_patience`` steps ("until results stabilize", MATH.md §1). The cosine
     schedule still spans ``steps``; the trajectory ends at the stopping step.
     """

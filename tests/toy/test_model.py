@@ -260,12 +260,12 @@ def test_presets_run_one_step():
 
 
 def test_early_stop_when_aligned_and_stable():
-    """stop_aligned ends training once every instance's matching-free alignment has stayed at or
+    """stop_aligned ends training once every instance's one-to-one alignment has stayed at or
     above the threshold for stop_patience steps; until then the run is the unstopped run (same
     trajectory prefix); an unreachable threshold trains the full budget."""
     tc = dict(steps=60, record_every=10, progress=False)
     full = train_many(ToyConfig(), seeds=[0, 1], tcfg=TrainConfig(**tc)).instances
-    # a random head already has matching-free |cos| > 0.05 (max over 10 directions), so a 0.05
+    # a random head already has one-to-one |cos| > 0.05 (4 pairs on 10 directions), so a 0.05
     # threshold holds from step 0 and training stops after the 20-step patience
     early_res = train_many(ToyConfig(), seeds=[0, 1], tcfg=TrainConfig(stop_aligned=0.05, stop_patience=20, **tc))
     early = early_res.instances
