@@ -393,9 +393,16 @@ def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
             out.cp[ii] = ((mu @ Q1) * S * (rel @ Q2)).numpy()
 
 
+def _duplicated_halves(cos, sin, rd: int) -> bool:
+    """Whether the captured tables repeat each angle over dims t and t + rd/2 exactly (HF's
+    rotate-half tables do), so the key side needs one copy of each angle."""
+    h = rd // 2
+    return bool(torch.equal(cos[..., :h], cos[..., h:rd]) and torch.equal(sin[..., :h], sin[..., h:rd]))
+
+
 def _key_features(cos, sin, rd: int, dh: int, halves: bool):
     """Key-side coordinates ``cs_k`` (n, e) such that ``λ_kr = cs_k · G_p[:, r]`` (see
-    :func:`_query_features`): ``[cos_k, 1, −sin_k]`` over (rotary, pass-through, rotary)
+    :func:`_query_side`): ``[cos_k, 1, −sin_k]`` over (rotary, pass-through, rotary)
     dims, or with ``halves`` (HF duplicates each angle over dims t and t + rd/2) only one
     copy of each angle, e = d_h. Without RoPE (rd = 0) ``λ`` does not depend on the key: e = 1."""
     n = cos.shape[0] if cos is not None else None
@@ -408,18 +415,24 @@ def _key_features(cos, sin, rd: int, dh: int, halves: bool):
     return torch.cat([cos, ones, -sin], 1)
 
 
-def _query_features(qh, F, rd: int, halves: bool):
-    """``G_p`` (P, e, R) with ``λ_kr = x̃_iᵀ Ω(Δ_k) v_r = cs_k · G_p[:, r]``: rows ``q̂⊙F`` (cos and
-    pass-through dims) and ``rot(q̂)⊙F`` (sin dims); with ``halves`` the two rows of each
-    duplicated angle are added."""
-    if rd == 0:
-        return qh[:, None, :] @ F
-    a = qh[:, :, None] * F
-    s = _rot_half(qh, rd)[:, :, None] * F[:, :rd]
-    if not halves:
-        return torch.cat([a, s], 1)
+def _query_side(qh, Mk, rd: int, halves: bool):
+    """``X = D_qᵀ Mk`` (P, d_h, R) where ``G_p = D_q F_p`` is the query side of
+    ``λ_kr = cs_k · G_p[:, r]`` (rows ``q̂⊙F`` for the cos and pass-through coordinates of
+    :func:`_key_features`, ``rot(q̂)⊙F`` for the −sin ones), so that ``G_pᵀ Mk = F_pᵀ X`` without forming G: on each rotary pair (t, t + rd/2) the cos and
+    (−sin) rows of Mk combine with the rotated query as ``[q_t·C − q_{t+h}·S, q_{t+h}·C + q_t·S]``,
+    pass-through rows are scaled by q."""
+    dh = qh.shape[1]
     h = rd // 2
-    return torch.cat([a[:, :h] + a[:, h:rd], a[:, rd:], s[:, :h] + s[:, h:rd]], 1)
+    q = qh[:, :, None]
+    if halves:  # Mk rows: cos (h), pass-through (dh − rd), −sin (h)
+        Mc, Mp, Ms = Mk[:, :h], Mk[:, h : h + dh - rd], Mk[:, h + dh - rd :]
+    else:  # Mk rows: cos (rd; both copies), pass-through, −sin (rd)
+        Mc, Mp, Ms = Mk[:, :rd], Mk[:, rd:dh], Mk[:, dh:]
+        top = q[:, :rd] * Mc + _rot_half(qh, rd)[:, :rd, None] * Ms
+        return torch.cat([top, q[:, rd:] * Mp], 1)
+    a = q[:, :h] * Mc - q[:, h:rd] * Ms
+    b = q[:, h:rd] * Mc + q[:, :h] * Ms
+    return torch.cat([a, b, q[:, rd:] * Mp], 1)
 
 
 def _key_sums(vis: torch.Tensor, O: torch.Tensor, wz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -466,7 +479,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
     if rd:
         h = rd // 2
         c_all, s_all = cap.cos[l], cap.sin[l]
-        halves = bool(torch.equal(c_all[..., :h], c_all[..., h:rd]) and torch.equal(s_all[..., :h], s_all[..., h:rd]))
+        halves = _duplicated_halves(c_all, s_all, rd)
     b_all, i_all, j_all = (pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx])
     d_all = _pair_offsets(cap, l, pos, b_all, i_all, j_all, basis, lh.rotary is not None)
     Ut_all, S_all, Vt_all, F_all, rows = cache.core_lookup(l, d_all, dtype)
@@ -507,12 +520,16 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
         qh = A[b0, h0, i]  # (P, dh)
         if rd:
             qh = _rope(qh, cap.cos[l][b0].to(dtype)[i], cap.sin[l][b0].to(dtype)[i])
-        G = _query_features(qh, F, rd, halves)  # (P, e, R)
-        e = G.shape[1]
-        Ni = N[i].reshape(P, e, dh)
-        Mk = Ni @ Vt  # (P, e, R): N_i ṽ_r
+        e = 1 if cs is None else cs.shape[1]
+        Mk = N.index_select(0, i).view(P, e, dh) @ Vt  # (P, e, R): N_i ṽ_r
+        if rd:  # Σ_k w_k λ_kᵀβ_k = Fᵀ X with X = D_qᵀ N_i Ṽ (the query side applied to Mk, no G formed)
+            X = _query_side(qh, Mk, rd, halves)  # (P, dh, R)
+            qj = _rope(qh, cap.cos[l][b0].to(dtype)[j], cap.sin[l][b0].to(dtype)[j], inverse=True)
+            lam_j = (qj[:, None, :] @ F)[:, 0]  # λ_jr = (R_jᵀ q̂)·F_r
+        else:  # no RoPE: λ does not depend on the key (e = 1)
+            G = qh[:, None, :] @ F  # (P, 1, R)
+            lam_j = G[:, 0]
         zj = Z[b0, g0][j]  # (P, dh)
-        lam_j = G[:, 0] if cs is None else torch.einsum("pe,per->pr", cs[j], G)
         beta_j = (zj[:, None, :] @ Vt)[:, 0]  # (P, R)
         if lh.qk_norm:
             qs = lh.scale / rq[b0, h0, i]  # (P,): scale/rms(q_i); key factor 1/rms(k) is in Wz and Kn
@@ -522,10 +539,10 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
             nj = qs
         tj = nj[:, None] * lam_j * beta_j
         if Qs is not None:
-            Km = G.transpose(1, 2) @ Mk  # (P, R, R): Σ_k w_k λ_kᵀ β_k
+            Km = F.transpose(1, 2) @ X if rd else G.transpose(1, 2) @ Mk  # (P, R, R): Σ_k w_k λ_kᵀ β_k
             tsum = qs[:, None] * torch.diagonal(Km, dim1=1, dim2=2)
         else:
-            tsum = qs[:, None] * (G * Mk).sum(1)
+            tsum = qs[:, None] * ((F * X).sum(1) if rd else (G * Mk).sum(1))
         c = _rel(tj, tsum, m)
         out.terms[ii] = tj.numpy()
         out.c[ii] = c.numpy()

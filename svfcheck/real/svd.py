@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .heads import LayerHeads, ModelHeads, rope_matrix
-from .threads import single_thread
+from .threads import batched_svd, single_thread
 
 __all__ = [
     "ROUTES",
@@ -283,8 +283,10 @@ class SVDCache:
             M = middle_matrix(lh, missing)
             C = f.R_q[None] if M is None else f.R_q[None] @ M[:, None]
             C = (C @ Rk.transpose(-1, -2)[None]).expand(len(missing), *f.R_q.shape)
-            with single_thread():  # thousands of d_h×d_h SVDs: 2 threads are 4-10x slower (threads.py)
-                Ut, S, Vth = torch.linalg.svd(C)
+            # thousands of d_h×d_h SVDs: one intra-op thread each, chunks on all cores (threads.py)
+            Ut, S, Vth = batched_svd(C.reshape(-1, *C.shape[-2:]))
+            Ut, S, Vth = Ut.reshape(C.shape), S.reshape(C.shape[:-1]), Vth.reshape(C.shape)
+            with single_thread():
                 # core sign convention (cheap, no D-sized vector): largest-|.| entry of ũ_r positive
                 Ut, Vt = sign_fix(Ut, Vth.transpose(-1, -2))
             if tab is None:

@@ -3,8 +3,12 @@
 The per-(layer, head, Δ) core SVDs are thousands of d_h×d_h SVDs. On free cores 1 and 2
 threads take the same time (1,152 SVDs of 64×64: 0.52 s either way); on a shared machine 2
 threads are many times slower (SmolLM2, 30 layers × 128 Δ × 9 heads: 131.8 s on 2 threads vs
-≈18 s on 1). So :class:`~svfcheck.real.svd.SVDCache` always computes them under
-:func:`single_thread`. The decomposition proper is a few large GEMMs per (prompt, head): there
+≈18 s on 1). So :class:`~svfcheck.real.svd.SVDCache` always computes them with one intra-op thread — but
+on several cores at once through :func:`batched_svd`: the batch is cut into one contiguous
+chunk per core and each chunk runs single-threaded in its own Python thread (torch releases the
+GIL), so there is no per-matrix synchronisation to suffer from busy cores, and the results are
+bit-identical to one call (each matrix's SVD is computed alone; tested). Measured: 1,152 SVDs
+of 64×64 in 0.78 s on one thread, 0.44 s on two. The decomposition proper is a few large GEMMs per (prompt, head): there
 2 threads help on free cores (warm SmolLM2 prompt 3.1 s vs 6.1 s) and hurt on busy ones
 (12.3 s vs 5.0 s), so :func:`~svfcheck.real.decompose.decompose` takes ``threads=`` (default:
 the caller's setting) and :func:`~svfcheck.real.sad.analyze` uses 1 by default.
@@ -13,10 +17,12 @@ the caller's setting) and :func:`~svfcheck.real.sad.analyze` uses 1 by default.
 from __future__ import annotations
 
 import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["single_thread", "num_threads"]
+__all__ = ["single_thread", "num_threads", "batched_svd", "svd_workers"]
 
 
 @contextlib.contextmanager
@@ -38,3 +44,39 @@ def num_threads(n: int | None):
 def single_thread():
     """Run torch on one intra-op thread inside the block (see the module docstring)."""
     return num_threads(1)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def svd_workers() -> int:
+    """Cores the core SVDs are spread over: ``SVFCHECK_SVD_WORKERS`` if set, else the cores
+    this process may use (at most 8)."""
+    env = os.environ.get("SVFCHECK_SVD_WORKERS")
+    if env:
+        n = int(env)
+        if n < 1:
+            raise ValueError(f"SVFCHECK_SVD_WORKERS must be >= 1; got {env!r}")
+        return n
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def batched_svd(C: torch.Tensor, workers: int | None = None, min_chunk: int = 64):
+    """``torch.linalg.svd(C)`` over the leading batch axis, single-threaded per chunk and the
+    chunks on ``workers`` threads (default :func:`svd_workers`); bit-identical to one call.
+    Batches smaller than ``2·min_chunk`` run in the caller's thread."""
+    workers = svd_workers() if workers is None else int(workers)
+    n = C.shape[0]
+    k = max(1, min(workers, n // max(1, min_chunk)))
+    with single_thread():
+        if k == 1:
+            return torch.linalg.svd(C)
+        global _POOL
+        if _POOL is None or _POOL._max_workers < k:
+            _POOL = ThreadPoolExecutor(max_workers=k, thread_name_prefix="svfcheck-svd")
+        outs = list(_POOL.map(torch.linalg.svd, torch.chunk(C, k)))
+    return tuple(torch.cat([o[i] for o in outs]) for i in range(3))

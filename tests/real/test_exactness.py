@@ -431,3 +431,20 @@ def test_summed_route_gate_catches_a_wrong_key_sum(setup, monkeypatch):
 
     monkeypatch.setattr(dec, "_key_sums", dropped)
     assert decompose(heads, cap, pairs, controls=False).max_reconstruction_error > BROKEN
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama", "gemma3_text"])
+def test_summed_route_without_duplicated_angle_halves(arch, setup, monkeypatch):
+    """HF's rotate-half tables repeat each angle over dims t and t + rd/2, and the summed route
+    then keeps one copy (e = d_h); the general layout (both copies, e = d_h + rd) must give the
+    same numbers — forced here, since no shipped architecture produces it."""
+    import svfcheck.real.decompose as dec
+
+    _, heads, cap, pairs = setup(arch)
+    want = decompose(heads, cap, pairs, seed=2, per_key=True)
+    monkeypatch.setattr(dec, "_duplicated_halves", lambda cos, sin, rd: False)
+    got = decompose(heads, cap, pairs, seed=2)
+    scale = np.abs(want.terms).max()
+    for f in ("terms", "contributions", "contributions_rotated", "contributions_paper_control"):
+        np.testing.assert_allclose(getattr(got, f), getattr(want, f), rtol=0, atol=1e-12 * scale, err_msg=f)
+    assert got.max_reconstruction_error < tol64(arch)

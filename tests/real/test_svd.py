@@ -161,3 +161,24 @@ def _tiny_gpt2():
     import transformers as tf
 
     return tf.GPT2Model(tf.GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+
+
+def test_batched_svd_is_bit_identical_to_one_call(monkeypatch):
+    """Chunked over threads (each chunk single-threaded) == one torch.linalg.svd call, bit for
+    bit: each matrix's SVD is computed alone, so chunking cannot change it. Also the worker
+    count knob and its validation."""
+    from svfcheck.real.threads import batched_svd, svd_workers
+
+    C = torch.randn(300, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    want = torch.linalg.svd(C)
+    for workers in (1, 2, 3):
+        got = batched_svd(C, workers=workers, min_chunk=8)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+    small = batched_svd(C[:5], workers=4)  # below 2·min_chunk: one call in the caller's thread
+    assert torch.equal(small[1], want[1][:5])
+    monkeypatch.setenv("SVFCHECK_SVD_WORKERS", "3")
+    assert svd_workers() == 3
+    monkeypatch.setenv("SVFCHECK_SVD_WORKERS", "0")
+    with pytest.raises(ValueError, match="SVFCHECK_SVD_WORKERS must be >= 1"):
+        svd_workers()
