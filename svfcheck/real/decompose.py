@@ -477,9 +477,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
     rd = 0 if lh.rotary is None else lh.rotary.rotary_dim
     halves = False
     if rd:
-        h = rd // 2
-        c_all, s_all = cap.cos[l], cap.sin[l]
-        halves = _duplicated_halves(c_all, s_all, rd)
+        halves = _duplicated_halves(cap.cos[l], cap.sin[l], rd)
     b_all, i_all, j_all = (pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx])
     d_all = _pair_offsets(cap, l, pos, b_all, i_all, j_all, basis, lh.rotary is not None)
     Ut_all, S_all, Vt_all, F_all, rows = cache.core_lookup(l, d_all, dtype)
