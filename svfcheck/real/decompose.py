@@ -304,6 +304,44 @@ def _pair_offsets(cap: Capture, l: int, pos, b, i, j, basis: str, rotary: bool) 
     return np.concatenate([d, np.array([lo, hi], dtype=np.int64)])
 
 
+@dataclass(frozen=True, eq=False)
+class _Layer:
+    """What both RoPE / QK-norm routes read of one layer: raw queries ``A`` (with the QK-norm
+    query gain applied) and keys ``K``, ``Z = Q_kᵀx̃`` and ``Y = Q_qᵀx̃`` (paper control only),
+    the QK-norm rms of queries/keys, the rotary width, the kv-head map, the layer's core tables
+    (head-major ``(Ũ, S, Ṽ, F)``) and each pair's row in them (``slot``, indexed by pair)."""
+
+    A: torch.Tensor
+    K: torch.Tensor
+    Z: torch.Tensor
+    Y: torch.Tensor | None
+    rq: torch.Tensor | None
+    rk: torch.Tensor | None
+    rd: int
+    kv: torch.Tensor
+    tables: tuple
+    slot: np.ndarray
+
+
+def _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis) -> _Layer:
+    f = cache.factors(l)
+    A, K = _layer_inputs(lh, cap.hidden[l], f, dtype)
+    Z = K @ f.R_k_inv.to(dtype)  # (B, Hkv, n, dh): Q_kᵀ x̃
+    Y = A @ f.R_q_inv.to(dtype) if Qs is not None else None  # Q_qᵀ x̃
+    rq = rk = None
+    if lh.qk_norm:
+        rq, rk = _rms(A, lh.norm_eps), _rms(K, lh.norm_eps)
+        A = A * lh.q_gain.to(dtype)
+    rd = 0 if lh.rotary is None else lh.rotary.rotary_dim
+    # all core SVDs this layer needs, looked up once
+    b_all, i_all, j_all = (pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx])
+    d_all = _pair_offsets(cap, l, cap.positions, b_all, i_all, j_all, basis, lh.rotary is not None)
+    *tables, rows = cache.core_lookup(l, d_all, dtype)
+    slot = np.zeros(len(pairs), dtype=np.int64)
+    slot[idx] = rows[: len(idx)].numpy()
+    return _Layer(A, K, Z, Y, rq, rk, rd, f.kv_index, tuple(tables), slot)
+
+
 def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
     """Per-pair basis (RoPE offsets) and/or per-key QK-norm factors.
 
@@ -311,23 +349,9 @@ def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
     ``λ_pkr = x̃_iᵀΩ(Δ_k)v_r = cos_k·(q̂_p⊙F_pr) − sin_k·(rot(q̂_p)⊙F_pr)`` with
     ``F_pr = G_k R_kᵀ ṽ_r`` and ``β_pkr = v_rᵀx̃_k = z_k·ṽ_r``.
     """
-    f = cache.factors(l)
-    A, K = _layer_inputs(lh, cap.hidden[l], f, dtype)
-    kv = f.kv_index
-    Z = K @ f.R_k_inv.to(dtype)  # (B, Hkv, n, dh): Q_kᵀ x̃
-    Y = A @ f.R_q_inv.to(dtype) if Qs is not None else None  # Q_qᵀ x̃
-    if lh.qk_norm:
-        rq, rk = _rms(A, lh.norm_eps), _rms(K, lh.norm_eps)
-        A = A * lh.q_gain.to(dtype)
-    pos = cap.positions
-    rd = 0 if lh.rotary is None else lh.rotary.rotary_dim
-    # all core SVDs this layer needs, looked up once
-    b_all, i_all, j_all = (pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx])
-    d_all = _pair_offsets(cap, l, pos, b_all, i_all, j_all, basis, lh.rotary is not None)
-    Ut_all, S_all, Vt_all, F_all, rows = cache.core_lookup(l, d_all, dtype)
-    rows = rows[: len(idx)]
-    slot = np.zeros(len(pairs), dtype=np.int64)
-    slot[idx] = rows.numpy()
+    L = _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis)
+    A, kv, Z, Y, rq, rk, rd, slot = L.A, L.kv, L.Z, L.Y, L.rq, L.rk, L.rd, L.slot
+    Ut_all, S_all, Vt_all, F_all = L.tables
     for ii in _groups(idx, pairs, chunk):
         b0, h0 = int(pairs.prompt[ii[0]]), int(pairs.head[ii[0]])
         g0 = int(kv[h0])
@@ -460,30 +484,16 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
     keys of |log_softmax(those logits) − log(model attention)| and (2) |Σ_r c_r − ℓ̃_j| with ℓ̃_j
     the relative logit of those logits — so both reported sums (eq. 1 at j, and the relative
     total over the keys) are checked against the model's own attention."""
-    f = cache.factors(l)
-    A, K = _layer_inputs(lh, cap.hidden[l], f, dtype)
-    kv = f.kv_index
-    Z = K @ f.R_k_inv.to(dtype)  # (B, Hkv, n, dh): Q_kᵀ x̃
-    Y = A @ f.R_q_inv.to(dtype) if Qs is not None else None  # Q_qᵀ x̃
+    L = _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis)
+    A, kv, Z, Y, rq, rk, rd, slot = L.A, L.kv, L.Z, L.Y, L.rq, L.rk, L.rd, L.slot
+    Ut_all, S_all, Vt_all, F_all = L.tables
     if lh.qk_norm:
-        rq, rk = _rms(A, lh.norm_eps), _rms(K, lh.norm_eps)
-        A = A * lh.q_gain.to(dtype)
-        Kn = K * lh.k_gain.to(dtype) / rk[..., None]  # the model's normed key
+        Kn = L.K * lh.k_gain.to(dtype) / rk[..., None]  # the model's normed key
         Wz = Z / rk[..., None]  # key weight 1/rms(k_k) folded into z_k
     else:
-        Kn, Wz = K, Z
-    pos = cap.positions
+        Kn, Wz = L.K, Z
     dh = lh.head_dim
-    rd = 0 if lh.rotary is None else lh.rotary.rotary_dim
-    halves = False
-    if rd:
-        halves = _duplicated_halves(cap.cos[l], cap.sin[l], rd)
-    b_all, i_all, j_all = (pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx])
-    d_all = _pair_offsets(cap, l, pos, b_all, i_all, j_all, basis, lh.rotary is not None)
-    Ut_all, S_all, Vt_all, F_all, rows = cache.core_lookup(l, d_all, dtype)
-    rows = rows[: len(idx)]
-    slot = np.zeros(len(pairs), dtype=np.int64)
-    slot[idx] = rows.numpy()
+    halves = _duplicated_halves(cap.cos[l], cap.sin[l], rd) if rd else False
     sums: dict = {}  # (prompt, kv head) -> (N (n, e·dh), key features cs (n, e) or None, rotated keys (n, dh), zs (n, dh))
     for ii in _groups(idx, pairs, 1 << 30):
         b0, h0 = int(pairs.prompt[ii[0]]), int(pairs.head[ii[0]])
