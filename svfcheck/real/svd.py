@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .heads import LayerHeads, ModelHeads, rope_matrix
-from .threads import batched_svd, single_thread
+from .threads import batched_map, single_thread
 
 __all__ = [
     "ROUTES",
@@ -83,6 +83,13 @@ def factor(W: torch.Tensor, route: str = "cholesky") -> tuple[torch.Tensor | Non
             raise np.linalg.LinAlgError("Gram matrix not positive definite (rank-deficient W); use route='qr'")
         return None, L.transpose(-1, -2)
     raise ValueError(f"factor route must be 'cholesky' or 'qr'; got {route!r}")
+
+
+def _r_factor(W: torch.Tensor, route: str) -> torch.Tensor:
+    """The ``R`` of :func:`factor` alone (QR in ``mode="r"``: the same R, without forming Q)."""
+    if route == "qr":
+        return torch.linalg.qr(W, mode="r")[1]
+    return factor(W, route)[1]
 
 
 def _apply_inv(W: torch.Tensor, Q: torch.Tensor | None, R: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -228,7 +235,12 @@ class SVDCache:
     ``core(layer, deltas)`` returns ``(Ũ, S, Ṽ)`` of ``C(Δ) = R_q M(Δ) R_kᵀ`` for every head,
     shapes (n_Δ, H, d_h, d_h) / (n_Δ, H, d_h), computing only the offsets not yet cached.
     ``basis(layer)`` returns full ``(U, S, V)`` (H, D, d_h) at Δ = 0.
-    All in float64. Sign convention here is on the core (largest-|.| entry of each
+    All in float64; stored head-major (H, n_Δ, ...) with the key-side factor ``F`` (see
+    :meth:`core_lookup`), built on all cores (:meth:`_cores`); per-dtype copies for the
+    decomposition and the basis control's table (:meth:`control_table`) are derived on demand.
+    Memory grows as layers × heads × offsets × d_h²: SmolLM2-135M at 128 tokens (30 layers ×
+    9 heads × 128 offsets × 64²) holds ≈ 3.4 GB in float64 (Ũ, Ṽ, F) plus ≈ 2.3 GB for a
+    float32 decomposition with controls (its copies and the control table). Sign convention here is on the core (largest-|.| entry of each
     ``ũ_r = Q_qᵀ u_r`` positive), so it needs no D-sized vector per offset; terms and
     relative contributions do not depend on signs, the paper control does (via its Q's). For layers without RoPE every Δ maps to the Δ = 0 entry.
     """
@@ -237,15 +249,15 @@ class SVDCache:
         self.heads = heads
         self.route = route
         self._factors: dict[int, LayerFactors] = {}
-        self._core: dict[int, tuple] = {}  # layer -> (sorted Δ, Ũ, S, Ṽ, per-dtype copies)
+        self._core: dict[int, tuple] = {}  # layer -> (sorted Δ, Ũ, S, Ṽ, F, per-dtype copies)
+        self._ctl: dict = {}  # (layer, dtype) -> (key, basis-control table), see control_table
         self._basis: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def factors(self, layer: int) -> LayerFactors:
         if layer not in self._factors:
             lh = self.heads.layer(layer)
             wq, wk = lh.augmented(torch.float64)
-            _, Rq = factor(wq, self.route)
-            _, Rk = factor(wk, self.route)
+            Rq, Rk = _r_factor(wq, self.route), _r_factor(wk, self.route)
             kv = torch.as_tensor(lh.kv_head(np.arange(lh.n_heads)))
             eye = torch.eye(lh.head_dim, dtype=torch.float64)
             Rqi = torch.linalg.solve_triangular(Rq, eye.expand_as(Rq), upper=True)
@@ -263,9 +275,11 @@ class SVDCache:
         return self._basis[layer]
 
     def _table(self, layer: int, deltas: np.ndarray):
-        """The layer's table ``(sorted Δ, Ũ, S, Ṽ, {dtype: (Ũ, S, Ṽ, F)})`` over a contiguous
-        offset range, extended in one batched SVD when ``deltas`` leave it (lookups are one
-        ``searchsorted`` + gather instead of a per-offset dict and stack)."""
+        """The layer's table ``(sorted Δ, Ũ, S, Ṽ, F, {dtype: (Ũ, S, Ṽ, F)})`` over a contiguous
+        offset range, float64 and head-major (H, n_Δ, ...) so one head's rows are contiguous,
+        extended in one batched SVD when ``deltas`` leave it (lookups are one ``searchsorted`` +
+        gather instead of a per-offset dict and stack). ``F = G_k R_k[kv(h)]ᵀ Ṽ`` (see
+        :meth:`core_lookup`)."""
         tab = self._core.get(layer)
         have = np.zeros(0, dtype=np.int64) if tab is None else tab[0]
         missing = np.setdiff1d(np.unique(deltas), have)
@@ -277,42 +291,48 @@ class SVDCache:
             if have.size:
                 lo, hi = min(lo, int(have.min())), max(hi, int(have.max()))
             missing = np.setdiff1d(np.arange(lo, hi + 1, dtype=np.int64), have)
-            lh = self.heads.layer(layer)
-            f = self.factors(layer)
-            Rk = f.R_k[f.kv_index]
-            M = middle_matrix(lh, missing)
-            C = f.R_q[None] if M is None else f.R_q[None] @ M[:, None]
-            C = (C @ Rk.transpose(-1, -2)[None]).expand(len(missing), *f.R_q.shape)
-            # thousands of d_h×d_h SVDs: one intra-op thread each, chunks on all cores (threads.py)
-            Ut, S, Vth = batched_svd(C.reshape(-1, *C.shape[-2:]))
-            Ut, S, Vth = Ut.reshape(C.shape), S.reshape(C.shape[:-1]), Vth.reshape(C.shape)
-            with single_thread():
-                # core sign convention (cheap, no D-sized vector): largest-|.| entry of ũ_r positive
-                Ut, Vt = sign_fix(Ut, Vth.transpose(-1, -2))
+            new = self._cores(layer, missing)
             if tab is None:
-                d_all, U_all, S_all, V_all, conv = missing, Ut, S, Vt, {}
-            else:  # merge, keeping the per-dtype copies: only the new offsets are converted
+                d_all, parts = missing, new
+            else:  # merge along the offset axis; converted copies are redone on demand
                 d_all = np.concatenate([have, missing])
                 order = np.argsort(d_all, kind="stable")
                 d_all = d_all[order]
                 o = torch.as_tensor(order)
-                U_all, S_all, V_all = (torch.cat([a, b])[o] for a, b in ((tab[1], Ut), (tab[2], S), (tab[3], Vt)))
-                conv = {dt: tuple(torch.cat([a, b], 1).index_select(1, o).contiguous()
-                                  for a, b in zip(old, self._convert(layer, Ut, S, Vt, dt)))
-                        for dt, old in tab[4].items()}
-            tab = (d_all, U_all, S_all, V_all, conv)
+                parts = tuple(torch.cat([a, b], 1).index_select(1, o) for a, b in zip(tab[1:5], new))
+            tab = (d_all, *parts, {})
             self._core[layer] = tab
         return tab
 
-    def _convert(self, layer: int, Ut, S, Vt, dtype):
-        """``(Ũ, S, Ṽ, F)`` in ``dtype``, head-major (H, n_Δ, ...), with ``F = G_k R_k[kv(h)]ᵀ Ṽ``
-        (see :meth:`core_lookup`)."""
-        f = self.factors(layer)
-        F = f.R_k[f.kv_index].transpose(-1, -2)[None] @ Vt
+    def _cores(self, layer: int, deltas: np.ndarray) -> tuple:
+        """``(Ũ, S, Ṽ, F)`` float64, head-major (H, n_Δ, ...), of the cores at ``deltas``.
+
+        Thousands of d_h×d_h SVDs: through :func:`~svfcheck.real.threads.batched_map` (one
+        intra-op thread each, one contiguous chunk per core), and with each chunk's SVD its
+        sign convention and ``F`` — all per-matrix work, so it runs on every core as well and
+        the result does not depend on the chunking."""
         lh = self.heads.layer(layer)
+        f = self.factors(layer)
+        H, dh = f.R_q.shape[0], f.R_q.shape[-1]
+        n = len(deltas)
+        Rk = f.R_k[f.kv_index]  # (H, dh, dh)
+        M = middle_matrix(lh, deltas)  # (n, dh, dh) or None
+        C = f.R_q[:, None] if M is None else f.R_q[:, None] @ M[None]  # (H, n, dh, dh)
+        C = (C @ Rk.transpose(-1, -2)[:, None]).expand(H, n, dh, dh).reshape(H * n, dh, dh)
+        RkT = Rk.transpose(-1, -2)
         if lh.qk_norm:
-            F = lh.k_gain.double()[None, None, :, None] * F
-        return tuple(t.transpose(0, 1).to(dtype).contiguous() for t in (Ut, S, Vt, F))
+            RkT = lh.k_gain.double()[None, :, None] * RkT  # G_k R_kᵀ
+        head = torch.arange(H).repeat_interleave(n)  # row -> head (rows are head-major)
+
+        def one(Cc, hc):
+            Ut, S, Vth = torch.linalg.svd(Cc)
+            # core sign convention (cheap, no D-sized vector): largest-|.| entry of ũ_r positive
+            Ut, Vt = sign_fix(Ut, Vth.transpose(-1, -2))
+            Vt = Vt.contiguous()  # (the product above keeps the transposed strides)
+            return Ut.contiguous(), S, Vt, RkT[hc] @ Vt
+
+        Ut, S, Vt, F = batched_map(one, C, head)
+        return Ut.view(H, n, dh, dh), S.view(H, n, dh), Vt.view(H, n, dh, dh), F.view(H, n, dh, dh)
 
     def core(self, layer: int, deltas) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lh = self.heads.layer(layer)
@@ -321,23 +341,39 @@ class SVDCache:
             deltas = np.zeros_like(deltas)
         tab = self._table(layer, deltas)
         ix = torch.as_tensor(np.searchsorted(tab[0], deltas))
-        return tab[1][ix], tab[2][ix], tab[3][ix]
+        return tuple(t.index_select(1, ix).transpose(0, 1).contiguous() for t in tab[1:4])
 
     def core_lookup(self, layer: int, deltas, dtype: torch.dtype):
         """For the decomposition: ``(Ũ, S, Ṽ, F, index)`` in ``dtype`` where the first four are
         the layer's whole table, head-major (H, n_table, ...) so that one head's rows gather
         contiguously (``T[h].index_select(0, index)``), and ``index`` maps each of ``deltas`` to its
-        row. ``F[t, h] = G_k R_k[kv(h)]ᵀ Ṽ[t, h]`` (= ``W̃_Kᵀ v_r`` in head space, with the
-        QK-norm key gain) is computed once per (layer, Δ, dtype), not once per pair."""
+        row. ``F[h, t] = G_k R_k[kv(h)]ᵀ Ṽ[h, t]`` (= ``W̃_Kᵀ v_r`` in head space, with the
+        QK-norm key gain) is computed once per (layer, Δ), not once per pair."""
         lh = self.heads.layer(layer)
         deltas = np.atleast_1d(np.asarray(deltas, dtype=np.int64))
         if lh.rotary is None:
             deltas = np.zeros_like(deltas)
         tab = self._table(layer, deltas)
-        conv = tab[4]
+        conv = tab[5]
         if dtype not in conv:
-            conv[dtype] = self._convert(layer, tab[1], tab[2], tab[3], dtype)
+            conv[dtype] = tuple(t.to(dtype) for t in tab[1:5])  # float64: the table itself
         return (*conv[dtype], torch.as_tensor(np.searchsorted(tab[0], deltas)))
+
+    def control_table(self, layer: int, dtype: torch.dtype, key, Q: torch.Tensor) -> torch.Tensor:
+        """``F̂[h, t] = F[h, t] diag(1/s) Q[h]`` (H, n_table, d_h, R) in ``dtype`` for the basis
+        control of the summed decomposition route (``Q``: (H, R, R), the heads' Haar matrices,
+        identified by ``key``, e.g. the control seed; ``s`` the singular values, zeros taken as 1).
+        Cached per (layer, dtype) for the latest ``key`` and the current table (one product per
+        row here instead of one R×R product per pair there)."""
+        tab = self._core[layer]
+        Ut, S, Vt, F = tab[5][dtype]
+        k = (key, int(tab[0][0]), int(tab[0][-1]))
+        hit = self._ctl.get((layer, dtype))
+        if hit is None or hit[0] != k:
+            safe = torch.where(S > 0, S, torch.ones_like(S))
+            hit = (k, (F / safe[:, :, None, :]) @ Q.to(dtype)[:, None])
+            self._ctl[(layer, dtype)] = hit
+        return hit[1]
 
     def __len__(self) -> int:
         return sum(len(t[0]) for t in self._core.values())

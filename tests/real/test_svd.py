@@ -182,3 +182,25 @@ def test_batched_svd_is_bit_identical_to_one_call(monkeypatch):
     monkeypatch.setenv("SVFCHECK_SVD_WORKERS", "0")
     with pytest.raises(ValueError, match="SVFCHECK_SVD_WORKERS must be >= 1"):
         svd_workers()
+
+
+def test_core_tables_do_not_depend_on_the_worker_count(monkeypatch, tiny):
+    """The per-(layer, Δ) core SVDs, their sign convention and ``F`` run per chunk on the worker
+    threads (``batched_map``): the tables must be bit-identical for 1 and 3 workers (a chunk-
+    dependent step, e.g. a head index taken from the chunk position, would break this), and
+    mismatched leading axes are refused."""
+    from svfcheck.real.heads import extract_heads
+    from svfcheck.real.svd import SVDCache
+    from svfcheck.real.threads import batched_map
+
+    heads = extract_heads(tiny.model("gemma3_text"))
+    tables = []
+    for workers in ("1", "3"):
+        monkeypatch.setenv("SVFCHECK_SVD_WORKERS", workers)
+        tables.append(SVDCache(heads).core_lookup(1, np.arange(-100, 101), torch.float64)[:4])
+    H, n = tables[0][0].shape[:2]
+    assert n == 201 and H * n >= 3 * 64  # enough rows for 3 chunks of batched_map's min_chunk
+    for a, b in zip(*tables):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="leading axes differ"):
+        batched_map(torch.add, torch.zeros(3), torch.zeros(4))
