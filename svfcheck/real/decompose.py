@@ -444,19 +444,27 @@ def _query_side(qh, Mk, rd: int, halves: bool):
     ``λ_kr = cs_k · G_p[:, r]`` (rows ``q̂⊙F`` for the cos and pass-through coordinates of
     :func:`_key_features`, ``rot(q̂)⊙F`` for the −sin ones), so that ``G_pᵀ Mk = F_pᵀ X`` without forming G: on each rotary pair (t, t + rd/2) the cos and
     (−sin) rows of Mk combine with the rotated query as ``[q_t·C − q_{t+h}·S, q_{t+h}·C + q_t·S]``,
-    pass-through rows are scaled by q."""
-    dh = qh.shape[1]
+    pass-through rows are scaled by q. Written into one output (no concatenation)."""
+    P, dh = qh.shape
     h = rd // 2
     q = qh[:, :, None]
+    X = torch.empty(P, dh, Mk.shape[2], dtype=Mk.dtype)
     if halves:  # Mk rows: cos (h), pass-through (dh − rd), −sin (h)
         Mc, Mp, Ms = Mk[:, :h], Mk[:, h : h + dh - rd], Mk[:, h + dh - rd :]
+        torch.mul(q[:, :h], Mc, out=X[:, :h]).sub_(q[:, h:rd] * Ms)
+        torch.mul(q[:, h:rd], Mc, out=X[:, h:rd]).add_(q[:, :h] * Ms)
     else:  # Mk rows: cos (rd; both copies), pass-through, −sin (rd)
         Mc, Mp, Ms = Mk[:, :rd], Mk[:, rd:dh], Mk[:, dh:]
-        top = q[:, :rd] * Mc + _rot_half(qh, rd)[:, :rd, None] * Ms
-        return torch.cat([top, q[:, rd:] * Mp], 1)
-    a = q[:, :h] * Mc - q[:, h:rd] * Ms
-    b = q[:, h:rd] * Mc + q[:, :h] * Ms
-    return torch.cat([a, b, q[:, rd:] * Mp], 1)
+        torch.mul(q[:, :rd], Mc, out=X[:, :rd]).add_(_rot_half(qh, rd)[:, :rd, None] * Ms)
+    torch.mul(q[:, rd:], Mp, out=X[:, rd:])
+    return X
+
+
+def _rows(t: torch.Tensor, h: int, inv: torch.Tensor) -> torch.Tensor:
+    """Rows ``inv`` of head ``h`` of a head-major table (H, T, ...), gathered through its flat 2-D
+    view (several times faster than ``t[h].index_select(0, inv)`` on a 3-D slice)."""
+    H, T = t.shape[:2]
+    return t.view(H * T, -1).index_select(0, inv + h * T).view(len(inv), *t.shape[2:])
 
 
 def _key_sums(vis: torch.Tensor, O: torch.Tensor, wz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -466,7 +474,7 @@ def _key_sums(vis: torch.Tensor, O: torch.Tensor, wz: torch.Tensor) -> tuple[tor
     return vis @ O, vis @ wz
 
 
-def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
+def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
     """Per-pair basis (RoPE offsets) and/or per-key QK-norm factors, without per-key terms.
 
     Everything reported depends on the other keys only through ``Σ_k t_r(i, k)`` (relative
@@ -474,9 +482,12 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
     *before* the pair's basis is applied: with ``λ_kr = cs_k · G_p[:, r]`` and
     ``β_kr = z_k · ṽ_r``, ``Σ_k w_k λ_kr β_kr = Σ_e G_p[e, r] (N_i ṽ_r)_e`` where
     ``N_i = Σ_{k visible to i} w_k cs_k ⊗ z_k`` (e × d_h) is shared by every pair of query i
-    (one GEMM of the visibility mask with the keys' outer products). The basis control needs the full
-    ``K_p = G_pᵀ N_i Ṽ_p`` (R × R): ``Σ_k (λ_k Q')_r (β_k Q'')_r = (Q'ᵀ K_p Q'')_rr``.
-    Cost per pair ≈ 2 e·d_h·R + R³ instead of m·(e + 2d_h)·R·2 for the per-key route.
+    (one GEMM of the visibility mask with the keys' outer products). The basis control is
+    ``Σ_k (λ_k Q')_r (β_k Q'')_r = (Q'ᵀ K_p Q'')_rr`` with ``K_p = G_pᵀ N_i Ṽ_p = F_pᵀ X_p``
+    (R × R), evaluated without forming K_p as ``Σ_e (F_p Q')_er (X_p Q'')_er``: ``F_p Q'`` is
+    cached per (layer, head, Δ) (:meth:`~svfcheck.real.svd.SVDCache.control_table`) and
+    ``X_p Q''`` is one GEMM over all pairs of the head. Cost per pair ≈ 2·e·d_h·R (+ 2·d_h·R² with
+    the control) instead of m·(e + 2d_h)·R·2 for the per-key route.
 
     Gate: the model's logits of query i over its visible keys are recomputed from the extracted
     weights and the captured inputs (rotated, QK-normed query and keys: basis-free), the analysed
@@ -487,6 +498,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
     L = _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis)
     A, kv, Z, Y, rq, rk, rd, slot = L.A, L.kv, L.Z, L.Y, L.rq, L.rk, L.rd, L.slot
     Ut_all, S_all, Vt_all, F_all = L.tables
+    Fh_all = cache.control_table(l, dtype, seed, Qs[0][l]) if (Qs is not None and rd) else None
     if lh.qk_norm:
         Kn = L.K * lh.k_gain.to(dtype) / rk[..., None]  # the model's normed key
         Wz = Z / rk[..., None]  # key weight 1/rms(k_k) folded into z_k
@@ -523,8 +535,8 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
         N, cs, krot, zs = sums[key]
         inv = torch.as_tensor(slot[ii])
         # (P, dh, R) each; Ũ only for the paper control
-        S, Vt, F = (t[h0].index_select(0, inv) for t in (S_all, Vt_all, F_all))
-        Ut = Ut_all[h0].index_select(0, inv) if Qs is not None else None
+        S, Vt, F = (_rows(t, h0, inv) for t in (S_all, Vt_all, F_all))
+        Ut = _rows(Ut_all, h0, inv) if Qs is not None else None
         qh = A[b0, h0, i]  # (P, dh)
         if rd:
             qh = _rope(qh, cap.cos[l][b0].to(dtype)[i], cap.sin[l][b0].to(dtype)[i])
@@ -538,7 +550,11 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
             G = qh[:, None, :] @ F  # (P, 1, R)
             lam_j = G[:, 0]
         zj = Z[b0, g0][j]  # (P, dh)
-        beta_j = (zj[:, None, :] @ Vt)[:, 0]  # (P, R)
+        if Qs is not None:  # β at j and, for the paper control, Σ_visible β: one pass over Ṽ
+            bb = torch.stack([zj, zs[i]], 1) @ Vt  # (P, 2, R)
+            beta_j, beta_sum = bb[:, 0], bb[:, 1]
+        else:
+            beta_j = (zj[:, None, :] @ Vt)[:, 0]  # (P, R)
         if lh.qk_norm:
             qs = lh.scale / rq[b0, h0, i]  # (P,): scale/rms(q_i); key factor 1/rms(k) is in Wz and Kn
             nj = qs / rk[b0, g0][j]
@@ -546,11 +562,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
             qs = torch.full((P,), lh.scale, dtype=dtype)
             nj = qs
         tj = nj[:, None] * lam_j * beta_j
-        if Qs is not None:
-            Km = F.transpose(1, 2) @ X if rd else G.transpose(1, 2) @ Mk  # (P, R, R): Σ_k w_k λ_kᵀ β_k
-            tsum = qs[:, None] * torch.diagonal(Km, dim1=1, dim2=2)
-        else:
-            tsum = qs[:, None] * ((F * X).sum(1) if rd else (G * Mk).sum(1))
+        tsum = qs[:, None] * (torch.linalg.vecdot(F, X, dim=1) if rd else (G * Mk)[:, 0])
         c = _rel(tj, tsum, m)
         out.terms[ii] = tj.numpy()
         out.c[ii] = c.numpy()
@@ -571,14 +583,20 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis):
             Qb, Q1, Q2 = Qs[0][l][h0], Qs[1][l][h0], Qs[2][l][h0]
             safe = torch.where(S > 0, S, torch.ones_like(S))
             # basis control: left (λ/s)Q, right (sβ)Q per key; summed over keys it is
-            # diag(Qᵀ K' Q) with K'_ab = K_ab·s_b/s_a — Q is the head's, so K'Q is one GEMM
+            # diag(Qᵀ D⁻¹ K D Q) with K = Fᵀ X (R × R, never formed) and D = diag(s):
+            # = Σ_e F̂[e, r]·(X D Q)[e, r] with F̂ = F D⁻¹ Q cached per (layer, head, Δ) and
+            # X D Q one GEMM over all pairs (Q is the head's)
             trj = nj[:, None] * ((lam_j / safe) @ Qb) * ((beta_j * safe) @ Qb)
-            Kq = Km.mul_(safe[:, None, :]) @ Qb  # K diag(s) Q: one GEMM over all pairs
-            trsum = qs[:, None] * ((1.0 / safe)[:, None, :] @ Kq.mul_(Qb[None]))[:, 0]
+            if rd:
+                Fh = _rows(Fh_all, h0, inv)
+                XQ = (X.mul_(safe[:, None, :]).view(P * dh, -1) @ Qb).view(P, dh, -1)
+                trsum = qs[:, None] * torch.linalg.vecdot(Fh, XQ, dim=1)
+            else:  # K = Gᵀ Mk has rank 1 (e = 1)
+                trsum = qs[:, None] * ((G[:, 0] / safe) @ Qb) * ((Mk[:, 0] * safe) @ Qb)
             out.cr[ii] = _rel(trj, trsum, m).numpy()
             mu = (Y[b0, h0, i][:, None, :] @ Ut)[:, 0]  # (P, R): u_rᵀ x̃_i
             bj = nj[:, None] * beta_j
-            bsum = qs[:, None] * (zs[i][:, None, :] @ Vt)[:, 0]
+            bsum = qs[:, None] * beta_sum
             out.cp[ii] = ((mu @ Q1) * S * (_rel(bj, bsum, m) @ Q2)).numpy()
 
 
@@ -674,7 +692,7 @@ def decompose(
             elif per_key or keep_key_terms:
                 _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk)
             else:
-                _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis)
+                _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed)
     keys = _visible_keys(cap, pairs)
     rel = out.c.sum(-1)
     pos = rel > 0

@@ -433,6 +433,27 @@ def test_summed_route_gate_catches_a_wrong_key_sum(setup, monkeypatch):
     assert decompose(heads, cap, pairs, controls=False).max_reconstruction_error > BROKEN
 
 
+def test_basis_control_table_follows_the_seed_and_the_table(setup):
+    """The summed route caches ``F̂ = F D⁻¹ Q`` per (layer, dtype) for the latest control seed.
+    A stale table — another seed's Q, or rows of a core table that has since grown at its low
+    end (every row index shifts) — gives wrong rotated contributions; compared against a fresh
+    cache each time."""
+    from svfcheck.real.svd import SVDCache
+
+    _, heads, cap, pairs = setup("llama")
+    shared = SVDCache(heads)
+    a0 = decompose(heads, cap, pairs, seed=0, cache=shared)
+    a1 = decompose(heads, cap, pairs, seed=1, cache=shared)
+    f1 = decompose(heads, cap, pairs, seed=1, cache=SVDCache(heads))
+    scale = np.abs(f1.terms).max()
+    assert np.abs(a0.contributions_rotated - f1.contributions_rotated).max() > 1e-3 * scale  # seeds differ
+    np.testing.assert_allclose(a1.contributions_rotated, f1.contributions_rotated, rtol=0, atol=1e-12 * scale)
+    for l in range(heads.n_layers):
+        shared.core(l, [-40])  # the table now starts at Δ = −40: every row moves
+    g1 = decompose(heads, cap, pairs, seed=1, cache=shared)
+    np.testing.assert_allclose(g1.contributions_rotated, f1.contributions_rotated, rtol=0, atol=1e-12 * scale)
+
+
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama", "gemma3_text"])
 def test_summed_route_without_duplicated_angle_halves(arch, setup, monkeypatch):
     """HF's rotate-half tables repeat each angle over dims t and t + rd/2, and the summed route
