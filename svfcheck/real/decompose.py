@@ -460,6 +460,14 @@ def _query_side(qh, Mk, rd: int, halves: bool):
     return X
 
 
+def _bmm(a: torch.Tensor, b: torch.Tensor, one: bool) -> torch.Tensor:
+    """``a @ b`` for a (P, k, d) and b (P, d, R), or b (1, d, R) shared by all P when ``one``:
+    then one plain GEMM over the stacked rows of a."""
+    if not one:
+        return a @ b
+    return (a.reshape(-1, a.shape[-1]) @ b[0]).view(*a.shape[:-1], b.shape[-1])
+
+
 def _rows(t: torch.Tensor, h: int, inv: torch.Tensor) -> torch.Tensor:
     """Rows ``inv`` of head ``h`` of a head-major table (H, T, ...), gathered through its flat 2-D
     view (several times faster than ``t[h].index_select(0, inv)`` on a 3-D slice)."""
@@ -534,27 +542,31 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
             sums[key] = (N, cs, krot, zs)
         N, cs, krot, zs = sums[key]
         inv = torch.as_tensor(slot[ii])
-        # (P, dh, R) each; Ũ only for the paper control
+        # one basis for the whole group (Δ=0 basis, no RoPE): one row, plain GEMMs, no gathers
+        one = bool(inv.min() == inv.max())
+        if one:
+            inv = inv[:1]
+        # (P, dh, R) each, or (1, dh, R) for one basis; Ũ only for the paper control
         S, Vt, F = (_rows(t, h0, inv) for t in (S_all, Vt_all, F_all))
         Ut = _rows(Ut_all, h0, inv) if Qs is not None else None
         qh = A[b0, h0, i]  # (P, dh)
         if rd:
             qh = _rope(qh, cap.cos[l][b0].to(dtype)[i], cap.sin[l][b0].to(dtype)[i])
         e = 1 if cs is None else cs.shape[1]
-        Mk = N.index_select(0, i).view(P, e, dh) @ Vt  # (P, e, R): N_i ṽ_r
+        Mk = _bmm(N.index_select(0, i).view(P, e, dh), Vt, one)  # (P, e, R): N_i ṽ_r
         if rd:  # Σ_k w_k λ_kᵀβ_k = Fᵀ X with X = D_qᵀ N_i Ṽ (the query side applied to Mk, no G formed)
             X = _query_side(qh, Mk, rd, halves)  # (P, dh, R)
             qj = _rope(qh, cap.cos[l][b0].to(dtype)[j], cap.sin[l][b0].to(dtype)[j], inverse=True)
-            lam_j = (qj[:, None, :] @ F)[:, 0]  # λ_jr = (R_jᵀ q̂)·F_r
+            lam_j = _bmm(qj[:, None, :], F, one)[:, 0]  # λ_jr = (R_jᵀ q̂)·F_r
         else:  # no RoPE: λ does not depend on the key (e = 1)
-            G = qh[:, None, :] @ F  # (P, 1, R)
+            G = _bmm(qh[:, None, :], F, one)  # (P, 1, R)
             lam_j = G[:, 0]
         zj = Z[b0, g0][j]  # (P, dh)
         if Qs is not None:  # β at j and, for the paper control, Σ_visible β: one pass over Ṽ
-            bb = torch.stack([zj, zs[i]], 1) @ Vt  # (P, 2, R)
+            bb = _bmm(torch.stack([zj, zs[i]], 1), Vt, one)  # (P, 2, R)
             beta_j, beta_sum = bb[:, 0], bb[:, 1]
         else:
-            beta_j = (zj[:, None, :] @ Vt)[:, 0]  # (P, R)
+            beta_j = _bmm(zj[:, None, :], Vt, one)[:, 0]  # (P, R)
         if lh.qk_norm:
             qs = lh.scale / rq[b0, h0, i]  # (P,): scale/rms(q_i); key factor 1/rms(k) is in Wz and Kn
             nj = qs / rk[b0, g0][j]
@@ -566,7 +578,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
         c = _rel(tj, tsum, m)
         out.terms[ii] = tj.numpy()
         out.c[ii] = c.numpy()
-        out.S[ii] = S.numpy()
+        out.S[ii] = S.expand(P, -1).numpy()
         # gate: the model's logits of query i, recomputed basis-free, with eq. 1 at the analysed key
         lg = qs[:, None] * (qh @ krot.T)  # (P, n)
         lg_j = tj.sum(-1)
@@ -594,7 +606,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
             else:  # K = Gᵀ Mk has rank 1 (e = 1)
                 trsum = qs[:, None] * ((G[:, 0] / safe) @ Qb) * ((Mk[:, 0] * safe) @ Qb)
             out.cr[ii] = _rel(trj, trsum, m).numpy()
-            mu = (Y[b0, h0, i][:, None, :] @ Ut)[:, 0]  # (P, R): u_rᵀ x̃_i
+            mu = _bmm(Y[b0, h0, i][:, None, :], Ut, one)[:, 0]  # (P, R): u_rᵀ x̃_i
             bj = nj[:, None] * beta_j
             bsum = qs[:, None] * beta_sum
             out.cp[ii] = ((mu @ Q1) * S * (_rel(bj, bsum, m) @ Q2)).numpy()
