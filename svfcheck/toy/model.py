@@ -163,6 +163,9 @@ class ToyModel(torch.nn.Module):
         else:
             self.teacher = None
         self._buf: list = []
+        self._ws: dict[str, torch.Tensor] = {}  # reused work arrays (see next_batch, losses_and_grads)
+        self._ws_views: dict[tuple, torch.Tensor] = {}  # views of them by (name, shape) (_work)
+        self._p_neg_np = self.p_neg.cpu().numpy().copy()  # −p as float32, for _draw_strengths
 
     # ---- data ---------------------------------------------------------------------------
     _RAW_BUDGET = 1 << 22  # raw random numbers held at once (16 MB): bounds a chunk for large batches
@@ -207,36 +210,79 @@ class ToyModel(torch.nn.Module):
         torch.nn.functional.threshold_(y, -1.0, 0.0)
         return y.neg_()
 
-    def _draw_uniform(self) -> torch.Tensor:
-        """One step's uniforms ``u`` (I, N, T) float32 (zeros in padded features), each instance's
-        ``n_i·T`` numbers from its own generator (``g.random(dtype=float32)``, i.e.
-        ``(uint32 >> 8)·2⁻²⁴``), written straight into the batch (no intermediate arrays). Used
-        without RoPE; for an even ``n_i·T`` the numbers are exactly those of :meth:`_draw_raw`
-        (numpy serves 32-bit draws as the low then the high half of each 64-bit draw, and
-        nothing else draws from the generator between steps), so both paths give the same stream."""
-        I, N, Q, m = self.I, self.N, self.Q, self.m
-        T = Q * (1 + m)
-        padded = any(c.n != N for c in self.configs)
-        u = (torch.zeros if padded else torch.empty)((I, N, T), dtype=torch.float32)
-        un = u.numpy()
+    def _fill_draws(self, out: np.ndarray, div: np.ndarray, pad: float) -> None:
+        """Write, for each instance i, the ``u/div[i]`` (float32, correctly rounded) of its next
+        ``n_i·T`` float32 uniforms ``u`` into ``out[i, :n_i]`` (feature-major) and ``pad`` into its
+        padded rows. The uniforms are those of ``g.random(dtype=float32)``, i.e. ``u = k·2⁻²⁴``
+        with ``k = uint32 >> 8``, numpy serving the 32-bit draws as the low then the high half of
+        each 64-bit word (see :meth:`_draw_raw`). For an even ``n_i·T`` the words are taken with
+        ``random_raw`` (≈2× faster per number than ``g.random(float32)``) and ``k/(div·2²⁴)`` is
+        computed straight from the integers in one numpy pass (the uint32 → float32 cast of
+        ``k < 2²⁴`` is exact, and ``k/(div·2²⁴)`` is the same real as ``u/div``, so both are the
+        same correctly rounded float32). For an odd count ``g.random`` is used, so that numpy
+        buffers the spare half-word exactly as before (``random_raw`` would skip it)."""
+        T = self.Q * (1 + self.m)
+        N = self.N
         for i, (c, g) in enumerate(zip(self.configs, self.gens)):
-            g.random(dtype=np.float32, out=un[i] if c.n == N else un[i, : c.n])  # leading rows: contiguous
+            dst = out[i] if c.n == N else out[i, : c.n]  # leading rows: contiguous
+            if (c.n * T) % 2 == 0:
+                k = g.bit_generator.random_raw(c.n * T // 2).view(np.uint32)
+                np.right_shift(k, 8, out=k)
+                np.divide(k.reshape(c.n, T), div[i] * np.float32(2.0**24), out=dst, dtype=np.float32,
+                          casting="unsafe")
+            else:
+                g.random(dtype=np.float32, out=dst)
+                if div[i] != 1:
+                    np.divide(dst, div[i], out=dst)
+            if c.n != N:
+                out[i, c.n:] = pad
+
+    def _draw_uniform(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One step's uniforms ``u`` (I, N, T) float32 (zeros in padded features), each instance's
+        ``n_i·T`` numbers from its own generator: bit for bit ``g.random(dtype=float32)`` (tested),
+        written straight into ``out`` (a CPU buffer) if given. Without RoPE the numbers are
+        exactly those of :meth:`_draw_raw` for an even ``n_i·T`` (nothing else draws from the
+        generator between steps), so both paths give the same stream. The trainer uses
+        :meth:`_draw_strengths`, which makes the strengths from the same numbers."""
+        u = out if out is not None else torch.empty((self.I, self.N, self.Q * (1 + self.m)), dtype=torch.float32)
+        self._fill_draws(u.numpy(), np.ones(self.I, dtype=np.float32), 0.0)
         return u
+
+    def _draw_strengths(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One step's strengths (I, N, T) from the uniforms of :meth:`_draw_uniform`, bit for bit
+        ``_strengths_from_uniform(_draw_uniform())`` (and hence :meth:`_strengths` of the raw
+        draws) in fewer passes: numpy writes ``u/(−p)`` (= ``k/(−p·2²⁴)``) directly from the
+        integers, then ``threshold`` and a negation as in :meth:`_strengths_from_uniform` (padded
+        rows are written −0 so that they end as +0, as before). ``out``: a CPU buffer to fill."""
+        I, N, T = self.I, self.N, self.Q * (1 + self.m)
+        y = out if out is not None else torch.empty((I, N, T), dtype=torch.float32)
+        if self.binary:
+            self._fill_draws(y.numpy(), np.ones(I, dtype=np.float32), 0.0)
+            return y.copy_(y < self.p.cpu()[:, None, None])
+        self._fill_draws(y.numpy(), self._p_neg_np, -0.0)
+        torch.nn.functional.threshold_(y, -1.0, 0.0)
+        return y.neg_()
 
     def _strengths_from_uniform(self, u: torch.Tensor) -> torch.Tensor:
         """:meth:`_strengths` from the uniforms themselves, in place: ``u/(−p)`` is bit for bit
         ``k/(−p·2²⁴)`` with ``u = k·2⁻²⁴`` (both the correctly rounded float32 of the same real),
-        and the presence test is the same thresholding of that quotient."""
+        and the presence test is the same thresholding of that quotient. (The reference for
+        :meth:`_draw_strengths`.)"""
         if self.binary:
             return (u < self.p[:, None, None]).float()
         y = u.div_(self.p_neg[:, None, None])
         torch.nn.functional.threshold_(y, -1.0, 0.0)
         return y.neg_()
 
-    def _batch(self, raw: torch.Tensor | None, pos: torch.Tensor | None) -> Batch:
+    def _batch(self, raw: torch.Tensor | None, pos: torch.Tensor | None, reuse: bool = False) -> Batch:
         I, N, Q, m = self.I, self.N, self.Q, self.m
-        if raw is None:  # no RoPE: draw this step's uniforms now (cache-hot for the step)
-            fT = self._strengths_from_uniform(self._draw_uniform().to(self.device))
+        if raw is None:  # no RoPE: draw this step's strengths now (cache-hot for the step)
+            buf = None
+            if reuse:
+                buf = self._ws.get("batch")
+                if buf is None:
+                    buf = self._ws["batch"] = torch.zeros((I, N, Q * (1 + m)), dtype=torch.float32)
+            fT = self._draw_strengths(buf).to(self.device)
         else:
             fT = self._strengths(raw.to(self.device)).contiguous()  # (I, N, T)
         fq = fT[:, :, :Q].transpose(1, 2)
@@ -256,14 +302,20 @@ class ToyModel(torch.nn.Module):
         return [self._batch(raw[:, s], None if pos is None else pos[:, s]) for s in range(steps)]
 
     @torch.no_grad()
-    def next_batch(self, chunk: int) -> Batch:
-        """The next step's batch. Without RoPE each step's uniforms are drawn when it is needed,
-        straight into the batch (:meth:`_draw_uniform`; ``chunk`` is then irrelevant: each
+    def next_batch(self, chunk: int, reuse: bool = False) -> Batch:
+        """The next step's batch. Without RoPE each step's strengths are drawn when it is needed,
+        straight into the batch (:meth:`_draw_strengths`; ``chunk`` is then irrelevant: each
         instance's stream is sequential, so drawing several steps at once would give the same
         data). With RoPE raw draws are taken ``chunk`` steps at a time (capped so that a large
-        batch holds at most ``_RAW_BUDGET`` numbers), positions after each chunk's strengths."""
+        batch holds at most ``_RAW_BUDGET`` numbers), positions after each chunk's strengths.
+
+        ``reuse=True`` (the trainer's choice, which drops each batch after its step) draws into
+        one buffer owned by the model, overwritten by the next ``reuse=True`` call: a fresh
+        (I, N, T) array per step is 2.5 MB at 25 default instances, which the allocator maps
+        anew each time (≈640 page faults per step; see :meth:`losses_and_grads`). Same numbers
+        either way (tested)."""
         if self.rope is None:
-            return self._batch(None, None)
+            return self._batch(None, None, reuse=reuse)
         if not self._buf:
             per_step = self.I * self.N * self.Q * (1 + self.m)
             steps = max(1, min(int(chunk), self._RAW_BUDGET // per_step))
@@ -354,6 +406,16 @@ class ToyModel(torch.nn.Module):
         float re-association, without a head projection per key (≈4× fewer head FLOPs at
         d_h = d). ``∂/∂W`` collects W's two roles: decoder ``X (∂Z)ᵀ`` and encoder ``(∂X) Fᵀ``.
         The target uses only the ranges of Λ's non-zero rows/columns (:meth:`_target_fT`).
+
+        The per-token arrays (X, the products before the logit sums, ReLU(Z), E, ∂X: ≈7 MB at 25
+        default instances) are work arrays of the model (:meth:`_work`), allocated once and
+        reused by every step. Why: glibc serves arrays of this size (≥ ~128 KB) by mapping fresh
+        pages, so each step paid a page fault per 4 KB touched; with the per-step batch array
+        (see :meth:`next_batch`) that was ≈1.6k faults and 3.5–4.3 ms of system time per
+        25-instance step of 10–14 ms (≈6.3 ms with the faults removed by malloc tuning). The returned
+        losses and the ``.grad`` tensors are fresh (small). The operations and operands are
+        those of fresh arrays (both 64-byte aligned), so the results are bit for bit unchanged
+        (tested against fresh arrays in tests/toy/test_fast_paths.py).
         """
         if self.rope is not None:
             raise ValueError("losses_and_grads does not support RoPE; use losses() with autograd")
@@ -364,22 +426,24 @@ class ToyModel(torch.nn.Module):
         Q, m = self.Q, self.m
         W, WQ, WK = self.W, self.WQ, self.WK
         d = W.shape[1]
-        X = torch.bmm(W, F)  # (I,d,T)
+        work = self._work if F.numel() >= self._WORK_MIN else self._fresh  # small batch: fresh arrays
+        X = torch.bmm(W, F, out=work("X", (I, d, T)))  # (I,d,T)
         Xq, Xk = X[:, :, :Q], X[:, :, Q:]
         Xk4 = Xk.view(I, d, m, Q)  # key j of query q at [:, :, j, q]
+        P = work("B", (I, d, m, Q))  # products before a sum over d or over the keys
         Om = torch.bmm(WQ, WK.transpose(1, 2))  # (I,d,d) Ω = W_Q W_Kᵀ
-        Y = torch.bmm(Om.transpose(1, 2), Xq)  # (I,d,Q): Ωᵀ x_r
-        logits = (Xk4 * Y[:, :, None, :]).sum(1)  # (I,m,Q) = x_rᵀ Ω x_j
+        Y = torch.bmm(Om.transpose(1, 2), Xq, out=work("Y", (I, d, Q)))  # (I,d,Q): Ωᵀ x_r
+        logits = torch.mul(Xk4, Y[:, :, None, :], out=P).sum(1)  # (I,m,Q) = x_rᵀ Ω x_j
         if self.teacher is not None:  # ℓ* = x_rᵀ M_T x_s (no gradient through the target)
             tq = torch.bmm(self.teacher.transpose(1, 2), Xq)  # (I,d,Q)
-            tgt = (Xk4 * tq[:, :, None, :]).sum(1)
+            tgt = torch.mul(Xk4, tq[:, :, None, :], out=P).sum(1)
         else:
-            tgt = self._target_fT(F)
+            tgt = self._target_fT(F, work)
         pi_star = torch.softmax(tgt, dim=1)
         logp = torch.log_softmax(logits, dim=1)
         L_attn = -(pi_star * logp).sum(1).mean(-1)
         dl = (logp.exp_() - pi_star).mul_((self.lam / Q)[:, None, None])  # (I,m,Q) = ∂(λ L_attn)/∂ℓ
-        G = (Xk4 * dl[:, None]).sum(2)  # (I,d,Q) = Σ_j ∂ℓ_j · x_j
+        G = torch.sum(torch.mul(Xk4, dl[:, None], out=P), 2, out=work("G", (I, d, Q)))  # Σ_j ∂ℓ_j x_j
         if WQ.requires_grad:
             dOm = torch.bmm(Xq, G.transpose(1, 2))  # (I,d,d) = ∂/∂Ω
             WQ.grad = torch.bmm(dOm, WK)
@@ -387,8 +451,8 @@ class ToyModel(torch.nn.Module):
         train_W = W.requires_grad
         dX = None
         if reconstruction:
-            R = torch.baddbmm(self.b[:, :, None], W.transpose(1, 2), X).relu_()  # (I,N,T) ReLU(Z)
-            E = R - F
+            R = torch.baddbmm(self.b[:, :, None], W.transpose(1, 2), X, out=work("A", (I, N, T))).relu_()
+            E = torch.sub(R, F, out=work("B", (I, N, T)))  # R = ReLU(Z) (I,N,T); P is dead
             L_rec = torch.linalg.vector_norm(E.view(I, -1), dim=1).square_().div_(T)
             if self.b.requires_grad or train_W:
                 # E ⊙ 1[Z>0], in place (R > 0 ⇔ Z > 0, NaN included); the factor 2/T comes below
@@ -397,24 +461,54 @@ class ToyModel(torch.nn.Module):
                     self.b.grad = dZ.sum(2).mul_(2.0 / T)
                 if train_W:
                     gW = torch.bmm(X, dZ.transpose(1, 2)).mul_(2.0 / T)  # decoder role
-                    dX = torch.bmm(W * (2.0 / T), dZ)
+                    dX = torch.bmm(W * (2.0 / T), dZ, out=work("A", (I, d, T)))  # R is dead
         else:
             L_rec = torch.zeros(I, device=X.device)
         if train_W:
             if dX is None:
                 gW = torch.zeros_like(W)
-                dX = torch.zeros_like(X)
+                dX = work("A", (I, d, T))
+                dX = torch.zeros_like(X) if dX is None else dX.zero_()
             dX[:, :, :Q].baddbmm_(Om, G)  # ∂/∂x_r = Ω Σ_j ∂ℓ_j x_j
             dX[:, :, Q:].view(I, d, m, Q).addcmul_(Y[:, :, None, :], dl[:, None])  # ∂/∂x_j = Ωᵀ x_r ∂ℓ_j
             W.grad = gW.baddbmm_(dX, F.transpose(1, 2))  # encoder role
         return L_rec, L_attn
 
-    def _target_fT(self, F: torch.Tensor) -> torch.Tensor:
+    #: Batches whose (I, N, T) array has fewer float32 elements (128 KB: glibc's default threshold
+    #: for serving an allocation by mapping fresh pages) use fresh arrays in
+    #: :meth:`losses_and_grads` (:meth:`_fresh`): there a 1-instance step (~0.5 ms) is per-call
+    #: overhead, which the work-array bookkeeping would only add to.
+    _WORK_MIN = 1 << 15
+
+    @staticmethod
+    def _fresh(name: str, shape: tuple[int, ...]) -> None:
+        """:meth:`_work` for small batches: None, i.e. ``out=None``, a fresh array."""
+        return None
+
+    def _work(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A work array of :meth:`losses_and_grads` of the given shape: the leading elements of
+        one flat buffer per name (on the model's device, grown as needed, reused by every step;
+        its content is garbage until written). Arrays whose uses do not overlap share a name
+        ("A": ReLU(Z), then ∂X; "B": the products before the logit sums, then E), which keeps the
+        step's working set smaller in the (shared) L3 cache."""
+        v = self._ws_views.get((name, shape))
+        if v is not None and v.device == self.W.device:
+            return v  # cached view: no slicing per call
+        n = math.prod(shape)
+        t = self._ws.get(name)
+        if t is None or t.numel() < n or t.device != self.W.device:
+            t = self._ws[name] = torch.empty(n, dtype=torch.float32, device=self.W.device)
+            self._ws_views = {k: u for k, u in self._ws_views.items() if k[0] != name}  # old buffer's
+        v = self._ws_views[(name, shape)] = t[:n].view(shape)
+        return v
+
+    def _target_fT(self, F: torch.Tensor, work=None) -> torch.Tensor:
         """Target logits (I, m, Q) ``ℓ*_j = f_rᵀ Λ f_j`` from the feature-major strengths, using
         only the range of rows (query features) and of columns (key features) of Λ that holds its
         non-zeros in the batch: the terms left out are exact zeros, so these are the same sums
         with fewer zero terms (slices of F, no copies). The ranges are cached and recomputed
-        whenever the ``Lam`` buffer is modified."""
+        whenever the ``Lam`` buffer is modified. ``work``: :meth:`_work` (or :meth:`_fresh`), for
+        the array of products."""
         I, N, T = F.shape
         Q, m = self.Q, self.m
         key = (self.Lam._version, self.Lam.data_ptr())
@@ -430,7 +524,8 @@ class ToyModel(torch.nn.Module):
         _, a0, a1, b0, b1, LamT = self._lam_support
         tq = torch.bmm(LamT, F[:, a0:a1, :Q])  # (I,|B|,Q): (Λᵀ f_r) on the key range
         Fk = F[:, b0:b1, Q:].view(I, b1 - b0, m, Q)
-        return (Fk * tq[:, :, None, :]).sum(1)
+        out = None if work is None else work("B", (I, b1 - b0, m, Q))
+        return torch.mul(Fk, tq[:, :, None, :], out=out).sum(1)
 
     # ---- state --------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:

@@ -226,7 +226,7 @@ def _train(model: ToyModel, tcfg: TrainConfig, desc: str) -> list[InstanceResult
     bar = tqdm(total=total, desc=desc, disable=not tcfg.progress, mininterval=1.0, leave=False)
     try:
         for step in range(total + 1):
-            batch = model.next_batch(tcfg.chunk)
+            batch = model.next_batch(tcfg.chunk, reuse=True)  # dropped after this step: reuse its buffer
             if manual:  # loss and hand-derived gradient in one pass (ToyModel.losses_and_grads)
                 L_rec, L_attn = model.losses_and_grads(batch, reconstruction=tcfg.train_features)
             else:

@@ -2,7 +2,13 @@
 
 - data: per-step float32 uniforms drawn straight into the batch (``ToyModel._draw_uniform``)
   are bit for bit the strengths of the raw 64-bit path (``_draw_raw`` + ``_strengths``, still
-  used with RoPE) — the per-instance data stream did not change;
+  used with RoPE) — the per-instance data stream did not change; the uniforms, made from raw
+  64-bit words, are bit for bit numpy's ``g.random(dtype=float32)`` (even and odd per-step
+  counts, padded instances), the strengths made from them in fewer passes are bit for bit
+  ``_strengths_from_uniform`` of those uniforms, the trainer's reused batch buffer gives the
+  same batches, and the stream's bytes are pinned to those of the code before the raw draw;
+- work arrays: ``losses_and_grads``' reused (and shared) work arrays give bit for bit the
+  losses, gradients and trained parameters of fresh arrays;
 - gradient: the Ω = W_Q W_Kᵀ form of the head gradient and the Λ-support target of
   ``losses_and_grads`` equal autograd through ``losses`` for Λ supports that are not a prefix
   range, Λ = 0, a dense Λ, and after ``Lam`` is modified in place (the cached support);
@@ -12,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 
@@ -41,6 +48,134 @@ def test_uniform_path_equals_raw_path(cfgs):
     for s, f in enumerate(got):
         assert torch.equal(f, ref._strengths(raw[:, s]).contiguous()), s
     assert torch.equal(torch.cat([b.fT for b in fast.draw(2)]), torch.cat([ref.next_batch(1).fT for _ in range(2)]))
+
+
+# one group: an even per-step count (20 × 255), an odd one (21 × 255) and padding (n = 12, 21)
+MIXED_ODD = [ToyConfig(n=20, m=2, n_keys=170), ToyConfig(n=21, m=2, n_keys=170, p=0.3),
+             ToyConfig(n=12, m=2, n_keys=170, p=0.8)]
+
+
+@pytest.mark.parametrize("cfgs", [
+    [ToyConfig()] * 3,
+    [ToyConfig(), ToyConfig(n=12, d_h=4, p=0.2), ToyConfig(n=30, p=0.9)],  # padded, even counts
+    MIXED_ODD,
+], ids=["default", "padded", "odd-even-padded"])
+def test_raw_word_uniforms_equal_numpy_float32(cfgs):
+    """``_draw_uniform`` (64-bit raw words, shifted and scaled) is bit for bit numpy's
+    ``g.random(dtype=float32)`` of the same generator, step after step, with zeros (+0) in
+    padded rows. Catches swapped low/high halves of a word, a wrong shift, random_raw used for an
+    odd count (numpy's buffered spare half-word is then skipped and every later step shifts),
+    instances written at the padded rather than their own row length, stale padded rows."""
+    seeds = list(range(5, 5 + len(cfgs)))
+    fast, ref = ToyModel(cfgs, seeds), ToyModel(cfgs, seeds)  # ref: same generators after init
+    T = fast.Q * (1 + fast.m)
+    buf = torch.full((fast.I, fast.N, T), float("nan"))
+    for step in range(4):
+        u = fast._draw_uniform(out=buf if step % 2 else None)
+        for i, c in enumerate(cfgs):
+            want = ref.gens[i].random((c.n, T), dtype=np.float32)
+            assert np.array_equal(u[i, : c.n].numpy().view(np.uint32), want.view(np.uint32)), (step, i)
+            assert np.all(u[i, c.n:].numpy().view(np.uint32) == 0), (step, i)
+
+
+@pytest.mark.parametrize("cfgs", [
+    [ToyConfig(), ToyConfig(n=12, d_h=4, p=0.2)],
+    MIXED_ODD,
+    [ToyConfig(strengths="binary", p=0.3), ToyConfig(strengths="binary", p=0.7)],
+], ids=["padded", "odd-even-padded", "binary"])
+def test_strengths_from_raw_words_equal_reference(cfgs):
+    """``_draw_strengths`` (numpy divides the integers by −p·2²⁴, then threshold and negation) is
+    bit for bit ``_strengths_from_uniform`` of numpy's float32 uniforms, signs of zero included;
+    ``next_batch(reuse=True)`` (the trainer's) fills one buffer again and again and gives the
+    same batches as fresh arrays. Catches a division by p instead of p·2²⁴ or by a rounded
+    reciprocal, a presence test that differs from the thresholded quotient at the edge, and a
+    reused buffer that keeps data (or padded-row signs) from the step before."""
+    seeds = [3, 4, 5][: len(cfgs)]
+    fast, ref, fresh = ToyModel(cfgs, seeds), ToyModel(cfgs, seeds), ToyModel(cfgs, seeds)
+    ptrs = set()
+    for step in range(4):
+        got = fast.next_batch(1, reuse=True).fT
+        ptrs.add(got.data_ptr())
+        want = ref._strengths_from_uniform(ref._draw_uniform())
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), step
+        assert torch.equal(fresh.next_batch(1).fT.view(torch.int32), want.view(torch.int32)), step
+    assert len(ptrs) == 1  # one buffer, reused
+    a, b = fresh.next_batch(1), fresh.next_batch(1)
+    assert a.fT.data_ptr() != b.fT.data_ptr() and not torch.equal(a.fT, b.fT)  # default: fresh arrays
+
+
+def test_data_stream_pinned():
+    """The bytes of the first three steps' strengths (padded, even and odd counts) are those the
+    code produced before the raw-word draw (sha256 recorded from it): every toy figure depends on
+    this stream. numpy's PCG64 stream and IEEE float32 division are platform-independent."""
+    groups = {
+        "b75e3404188251c3e58ea25381a8a7e5dc7c5e5995cfbdf962da0971d56432c9":
+            [ToyConfig(), ToyConfig(n=12, d_h=4, p=0.2), ToyConfig(n=30, p=0.9)],
+        "84f86954cc3ab686be9ee6aeca73f81b28dcee737b4d12c38afb834fd997d41a":
+            [ToyConfig(n=21, m=2, n_keys=170), ToyConfig(n=20, m=2, n_keys=170, p=0.3)],
+    }
+    for digest, cfgs in groups.items():
+        m = ToyModel(cfgs, [11, 12, 13][: len(cfgs)])
+        h = hashlib.sha256()
+        for step in range(3):
+            h.update(m.next_batch(1, reuse=bool(step % 2)).fT.numpy().tobytes())
+        assert h.hexdigest() == digest, [c.name for c in cfgs]
+
+
+@pytest.mark.parametrize("case", ["default-25", "padded-mixed", "odd-teacher", "head-only"])
+def test_reused_work_arrays_change_nothing(monkeypatch, case):
+    """``losses_and_grads`` with its reused, partly shared work arrays (``ToyModel._work``) and the
+    trainer's reused batch buffer gives bit for bit the losses and gradients of each step, and the
+    parameters after a few AdamW steps, of the same code given fresh NaN-filled arrays on every
+    call (the real fresh-array path of small batches, ``ToyModel._fresh``, is the plain code). Catches a work array read before it is written in a step (NaN, or the previous step's
+    data), two arrays sharing a buffer while both are live, and returned losses or gradients
+    aliasing a work array (they would change at the next call)."""
+    kw = {}
+    if case == "default-25":
+        cfgs = [ToyConfig()] * 25
+    elif case == "padded-mixed":
+        cfgs = [ToyConfig(), ToyConfig(n=30, d_h=6, p=0.2), ToyConfig(n=12, d_h=4, lam=40.0),
+                ToyConfig(pairs=((0, 19, 5.0), (12, 3, 8.0)))]
+    elif case == "odd-teacher":
+        cfgs = [ToyConfig(n=21, m=2, n_keys=170, pairs=()), ToyConfig(n=20, m=2, n_keys=170, pairs=(), p=0.3)]
+        kw["teacher"] = np.random.default_rng(0).standard_normal((2, 10, 10))
+    else:
+        cfgs = [ToyConfig(), ToyConfig(n=12, d_h=4)]
+    seeds = list(range(len(cfgs)))
+    reused, fresh = ToyModel(cfgs, seeds, **kw), ToyModel(cfgs, seeds, **kw)
+
+    def nan_work(name, shape):
+        return torch.full(shape, float("nan"))
+
+    monkeypatch.setattr(fresh, "_work", nan_work)
+    for mdl in (reused, fresh):  # work arrays whatever the batch size (small ones use fresh arrays)
+        monkeypatch.setattr(mdl, "_WORK_MIN", 0)
+    recon = case != "head-only"
+    models = (reused, fresh)
+    for mdl in models:
+        if not recon:
+            mdl.W.requires_grad_(False)
+            mdl.b.requires_grad_(False)
+    params = [[p for p in (mdl.W, mdl.b, mdl.WQ, mdl.WK) if p.requires_grad] for mdl in models]
+    opts = [train_mod.FusedAdamW(ps, lr=1e-2, weight_decay=0.01) for ps in params]
+    prev = None
+    for step in range(4):
+        out = []
+        for mdl, reuse in ((reused, True), (fresh, False)):
+            L = mdl.losses_and_grads(mdl.next_batch(1, reuse=reuse), reconstruction=recon)
+            out.append((L, [p.grad for p in (mdl.W, mdl.b, mdl.WQ, mdl.WK)]))
+        (La, ga), (Lb, gb) = out
+        assert all(torch.equal(x, y) for x, y in zip(La, Lb)), step
+        assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(ga, gb)), step
+        assert all(torch.isfinite(x).all() for x in La)
+        if prev is not None:  # the previous step's results were not overwritten by this one
+            assert all(torch.equal(x, y) for x, y in zip(prev[0], prev[1])), step
+        prev = ([x for x in La] + [g for g in ga if g is not None],
+                [x.clone() for x in La] + [g.clone() for g in ga if g is not None])
+        for o in opts:
+            o.step()
+    for x, y in zip(params[0], params[1]):
+        assert torch.equal(x, y)
 
 
 def _grad_check(m: ToyModel):
