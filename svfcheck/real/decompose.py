@@ -34,7 +34,7 @@ import torch
 from ..metrics import haar_orthogonal, reconstruction_count, rolls_tovee
 from .capture import Capture
 from .heads import LayerHeads, ModelHeads
-from .svd import SVDCache, svd_cache
+from .svd import SVDCache, safe_singular_values, svd_cache
 from .threads import num_threads
 
 __all__ = ["Pairs", "Decomposition", "decompose", "top_attended_pairs", "check_rotary", "gate_tolerance"]
@@ -360,7 +360,7 @@ def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
         P = len(ii)
         ar = torch.arange(P)
         inv = torch.as_tensor(slot[ii])
-        Ut, S, Vt, F = (t[h0].index_select(0, inv) for t in (Ut_all, S_all, Vt_all, F_all))  # (P, dh, R)
+        Ut, S, Vt, F = (_rows(t, h0, inv) for t in (Ut_all, S_all, Vt_all, F_all))  # (P, dh, R)
         # F: G_k W̃_Kᵀ v_r in head space, cached per (layer, Δ)
         qh = A[b0, h0, i]  # (P, dh)
         if rd:
@@ -399,7 +399,7 @@ def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
         del t
         if Qs is not None:
             Qb, Q1, Q2 = Qs[0][l][h0], Qs[1][l][h0], Qs[2][l][h0]
-            safe = torch.where(S > 0, S, torch.ones_like(S))
+            safe = safe_singular_values(S)
             # basis control: (λ/s)Q ⊙ (sβ)Q per key, with s folded into Q
             tr = (lam @ (Qb[None] / safe[:, :, None])) * (beta @ (safe[:, :, None] * Qb[None]))
             if lh.qk_norm:
@@ -470,7 +470,8 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, one: bool) -> torch.Tensor:
 
 def _rows(t: torch.Tensor, h: int, inv: torch.Tensor) -> torch.Tensor:
     """Rows ``inv`` of head ``h`` of a head-major table (H, T, ...), gathered through its flat 2-D
-    view (several times faster than ``t[h].index_select(0, inv)`` on a 3-D slice)."""
+    view (several times faster than ``t[h].index_select(0, inv)`` on a 3-D slice). Both
+    routes gather through it."""
     H, T = t.shape[:2]
     return t.view(H * T, -1).index_select(0, inv + h * T).view(len(inv), *t.shape[2:])
 
@@ -593,7 +594,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
         out.att[ii] = att[ar, j].numpy()
         if Qs is not None:
             Qb, Q1, Q2 = Qs[0][l][h0], Qs[1][l][h0], Qs[2][l][h0]
-            safe = torch.where(S > 0, S, torch.ones_like(S))
+            safe = safe_singular_values(S)
             # basis control: left (λ/s)Q, right (sβ)Q per key; summed over keys it is
             # diag(Qᵀ D⁻¹ K D Q) with K = Fᵀ X (R × R, never formed) and D = diag(s):
             # = Σ_e F̂[e, r]·(X D Q)[e, r] with F̂ = F D⁻¹ Q cached per (layer, head, Δ) and

@@ -37,6 +37,7 @@ __all__ = [
     "sign_fix",
     "middle_matrix",
     "all_heads_svd",
+    "safe_singular_values",
     "LayerFactors",
     "SVDCache",
     "svd_cache",
@@ -83,6 +84,12 @@ def factor(W: torch.Tensor, route: str = "cholesky") -> tuple[torch.Tensor | Non
             raise np.linalg.LinAlgError("Gram matrix not positive definite (rank-deficient W); use route='qr'")
         return None, L.transpose(-1, -2)
     raise ValueError(f"factor route must be 'cholesky' or 'qr'; got {route!r}")
+
+
+def safe_singular_values(S: torch.Tensor) -> torch.Tensor:
+    """``S`` with zeros replaced by 1: the divisor the basis control uses when it moves ``s_r``
+    between the two sides of a term (a zero singular value's term is 0 either way)."""
+    return torch.where(S > 0, S, torch.ones_like(S))
 
 
 def _r_factor(W: torch.Tensor, route: str) -> torch.Tensor:
@@ -370,7 +377,7 @@ class SVDCache:
         k = (key, int(tab[0][0]), int(tab[0][-1]))
         hit = self._ctl.get((layer, dtype))
         if hit is None or hit[0] != k:
-            safe = torch.where(S > 0, S, torch.ones_like(S))
+            safe = safe_singular_values(S)
             hit = (k, (F / safe[:, :, None, :]) @ Q.to(dtype)[:, None])
             self._ctl[(layer, dtype)] = hit
         return hit[1]
