@@ -35,7 +35,7 @@ from ..metrics import haar_orthogonal, reconstruction_count, rolls_tovee
 from .capture import Capture
 from .heads import LayerHeads, ModelHeads
 from .svd import SVDCache, safe_singular_values, svd_cache
-from .threads import num_threads
+from .threads import parallel_map
 
 __all__ = ["Pairs", "Decomposition", "decompose", "top_attended_pairs", "check_rotary", "gate_tolerance"]
 
@@ -323,6 +323,20 @@ class _Layer:
     slot: np.ndarray
 
 
+def _prepare_layer(lh, l, idx, pairs, cap, cache, Qs, dtype, basis, seed, route) -> None:
+    """Compute what the layer's route will look up in ``cache`` (factors, core tables in
+    ``dtype``, the basis-control table), so that the route itself only reads the cache."""
+    if route == "fast":
+        cache.basis(l)
+        return
+    cache.factors(l)
+    d_all = _pair_offsets(cap, l, cap.positions, pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx],
+                          basis, lh.rotary is not None)
+    cache.core_lookup(l, d_all, dtype)
+    if route == "summed" and Qs is not None and lh.rotary is not None:
+        cache.control_table(l, dtype, seed, Qs[0][l])
+
+
 def _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis) -> _Layer:
     f = cache.factors(l)
     A, K = _layer_inputs(lh, cap.hidden[l], f, dtype)
@@ -478,9 +492,27 @@ def _rows(t: torch.Tensor, h: int, inv: torch.Tensor) -> torch.Tensor:
 
 def _key_sums(vis: torch.Tensor, O: torch.Tensor, wz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query, sums over its visible keys: ``N_i = Σ_k vis_ik O_k`` (O_k = cs_k ⊗ z_k
-    flattened) and ``Σ_k vis_ik z_k`` — one GEMM each, for any mask (causal, sliding window,
-    padding, bidirectional)."""
-    return vis @ O, vis @ wz
+    flattened) and ``Σ_k vis_ik z_k``, for the boolean mask ``vis`` (n_query, n_key).
+
+    When every query sees a run of keys starting at one common key s (causal attention, also
+    with left padding) the sums are prefix sums: one cumulative sum over the keys, O(n·E)
+    instead of the O(n²·E) GEMM (SmolLM2 at 128 tokens: 90 GEMMs of 128×128×4096 per prompt).
+    Any other mask (sliding window, bidirectional with padding, arbitrary) takes one GEMM each."""
+    n = vis.shape[-1]
+    cnt = vis.sum(-1)
+    seen = torch.nonzero(vis.any(0))
+    s = int(seen[0]) if len(seen) else 0
+    ar = torch.arange(n)
+    if torch.equal(vis, (ar[None, :] >= s) & (ar[None, :] < s + cnt[:, None])):
+        outs = []
+        for t in (O, wz):
+            C = torch.cumsum(t[s:], 0)
+            if not torch.equal(cnt, ar + 1):  # not query i seeing keys 0..i: pick each query's prefix
+                C = C.index_select(0, (cnt - 1).clamp_min(0)).masked_fill_((cnt == 0)[:, None], 0.0)
+            outs.append(C)
+        return outs[0], outs[1]
+    vf = vis.to(O.dtype)
+    return vf @ O, vf @ wz
 
 
 def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
@@ -529,7 +561,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
         key = (b0, g0)
         if key not in sums:
             n = cap.token_mask.shape[1]
-            vis = cap.visible[l][b0].to(dtype)  # (n, n)
+            vis = cap.visible[l][b0]  # (n, n)
             if rd:
                 cos, sin = cap.cos[l][b0].to(dtype), cap.sin[l][b0].to(dtype)
                 cs = _key_features(cos, sin, rd, dh, halves)
@@ -673,15 +705,22 @@ def decompose(
     default summed route, which needs the other keys only through their sum (about 4× fewer
     operations on SmolLM2; same numbers to rounding, tested). Implied by ``keep_key_terms``.
     ``chunk``: pairs per batch in the per-key path (default: about 4M elements per tensor).
-    ``threads``: torch intra-op threads while decomposing (default ``None``: the caller's
-    setting). The work is a few large GEMMs per (prompt, head): on free cores 2 threads are
-    ~2x faster (warm SmolLM2 prompt 3.1 s vs 6.1 s), on oversubscribed cores 1 thread is
-    (5.0 s vs 12.3 s). The core SVDs always run on one thread (see :mod:`svfcheck.real.threads`).
+    ``threads``: how many layers are decomposed side by side, each on one thread (default
+    ``None``: every core this process may use, :func:`~svfcheck.real.threads.svd_workers`;
+    ``1``: one after another in the caller's thread). The work is a few GEMMs and many
+    mid-sized elementwise ops per (prompt, head), which run better as independent
+    single-threaded streams than as one stream on two intra-op threads (warm SmolLM2 prompt,
+    2 free cores: 1.9 s vs 2.35 s) — and, with no per-op synchronisation, they stay fast on busy
+    cores. The results do not depend on ``threads`` (every layer is computed on one thread;
+    tested). The core SVDs are computed first, in the caller's thread, on all cores
+    (see :mod:`svfcheck.real.threads`); torch's thread setting is restored afterwards.
     """
     if basis not in ("pair", "zero"):
         raise ValueError(f"basis must be 'pair' or 'zero'; got {basis!r}")
     if method not in ("auto", "general"):
         raise ValueError(f"method must be 'auto' or 'general'; got {method!r}")
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be >= 1 or None; got {threads!r}")
     if not isinstance(pairs, Pairs):
         pairs = Pairs.of(*pairs)
     _validate(heads, cap, pairs)
@@ -693,19 +732,35 @@ def decompose(
     out = _Out(P, R, controls, keep_key_terms)
     if chunk is None:
         chunk = max(1, 4_000_000 // (cap.token_mask.shape[1] * R))
-    with torch.no_grad(), num_threads(threads):
-        for l in np.unique(pairs.layer):
-            l = int(l)
-            lh = heads.layers[l]
-            idx = np.flatnonzero(pairs.layer == l)
-            if lh.head_dim != R:
-                raise ValueError("all layers must share one head dimension")
-            if method == "auto" and lh.rotary is None and not lh.qk_norm:
-                _fast_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype)
-            elif per_key or keep_key_terms:
-                _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk)
-            else:
-                _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed)
+    plan = []
+    for l in np.unique(pairs.layer):
+        l = int(l)
+        lh = heads.layers[l]
+        if lh.head_dim != R:
+            raise ValueError("all layers must share one head dimension")
+        idx = np.flatnonzero(pairs.layer == l)
+        if method == "auto" and lh.rotary is None and not lh.qk_norm:
+            route = "fast"
+        else:
+            route = "per_key" if (per_key or keep_key_terms) else "summed"
+        plan.append((l, lh, idx, route))
+    with torch.no_grad():
+        # 1. fill the cache in this thread (cold core SVDs run on every core inside), so that
+        # 2. the layers, which then only read it, can run side by side on one thread each
+        for l, lh, idx, route in plan:
+            _prepare_layer(lh, l, idx, pairs, cap, cache, Qs, dtype, basis, seed, route)
+
+        def run(item):
+            l, lh, idx, route = item
+            with torch.no_grad():
+                if route == "fast":
+                    _fast_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype)
+                elif route == "per_key":
+                    _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk)
+                else:
+                    _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed)
+
+        parallel_map(run, plan, workers=threads)
     keys = _visible_keys(cap, pairs)
     rel = out.c.sum(-1)
     pos = rel > 0

@@ -315,16 +315,17 @@ def analyze(
     n_boot: int = 10_000,
     n_boot_head: int = 1_000,
     progress: bool = True,
-    threads: int | None = 1,
+    threads: int | None = None,
 ) -> SADResult:
     """SAD of ``loaded`` on ``prompts`` (IOI prompts, strings, token-id lists or :class:`Prompt`).
 
     ``circuit``: head-table name for ``heads="paper"`` (default ``loaded.name``). ``dtype`` of
     the decomposition: default float64 for RoPE-free models, float32 for RoPE / QK-norm models
     (their per-offset SVDs dominate; float32 reproduces the model to ~1e-5). ``seed`` seeds the
-    rotation controls and bootstraps. ``threads``: intra-op threads of the decomposition
-    (default 1, robust on a shared machine; ``None`` keeps torch's setting, faster on free
-    cores); the model's forward passes use torch's setting.
+    rotation controls and bootstraps. ``threads``: layers decomposed side by side, one thread each
+    (default ``None``: every core; ``1``: one after another; the numbers do not depend on it,
+    see :func:`~svfcheck.real.decompose.decompose`); the model's forward passes use torch's
+    setting.
     """
     model, tok = loaded.model, loaded.tokenizer
     mh = cached_heads(model)

@@ -335,21 +335,36 @@ def test_gate_on_real_minilm_l6(device):
     assert errors[torch.float32] < 1e-4
 
 
-def test_decompose_threads_option_same_numbers_and_restores_the_setting(setup):
-    """``threads=1`` and the caller's setting give the same numbers; torch's thread count is
-    restored afterwards (also when the core SVDs, always single-threaded, were computed)."""
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_decompose_threads_option_same_numbers_and_restores_the_setting(setup, arch):
+    """Layers decomposed one after another (``threads=1``), on every core (default) or on 3
+    worker threads give bit-identical results (each layer runs on one thread; a layer reading
+    another's scratch, or a cache entry filled by a worker, would show up here), for the summed
+    route (llama) and the RoPE-free fast path (gpt2); torch's thread count is restored
+    afterwards, also after a failing call."""
     from svfcheck.real.svd import SVDCache
 
-    _, heads, cap, pairs = setup("llama")
+    _, heads, cap, pairs = setup(arch)
     before = torch.get_num_threads()
-    a = decompose(heads, cap, pairs, seed=4, threads=1, cache=SVDCache(heads))
-    assert torch.get_num_threads() == before
-    b = decompose(heads, cap, pairs, seed=4, cache=SVDCache(heads))
-    assert torch.get_num_threads() == before
-    np.testing.assert_allclose(a.contributions, b.contributions, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(a.contributions_paper_control, b.contributions_paper_control, rtol=0, atol=1e-12)
+    runs = []
+    for threads in (1, None, 3):
+        runs.append(decompose(heads, cap, pairs, seed=4, threads=threads, cache=SVDCache(heads)))
+        assert torch.get_num_threads() == before
+    per_key = decompose(heads, cap, pairs, seed=4, threads=3, per_key=True, cache=SVDCache(heads))
+    for d in runs[1:] + [per_key] * (arch == "llama"):
+        ref = runs[0]
+        if d is per_key:  # another route: same numbers to rounding
+            np.testing.assert_allclose(d.contributions, ref.contributions, rtol=0, atol=1e-12)
+            continue
+        for f in ("terms", "contributions", "contributions_rotated", "contributions_paper_control",
+                  "reconstruction_error", "singular_values"):
+            assert np.array_equal(getattr(d, f), getattr(ref, f)), f
     with pytest.raises(ValueError, match="threads must be >= 1 or None"):
         decompose(heads, cap, pairs, threads=0)
+    assert torch.get_num_threads() == before
+    bad = Pairs.of(0, 0, 0, 1, 5)  # key after the query: refused before any work
+    with pytest.raises(ValueError):
+        decompose(heads, cap, bad, threads=3)
     assert torch.get_num_threads() == before
 
 
