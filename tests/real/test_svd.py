@@ -167,7 +167,7 @@ def test_batched_svd_is_bit_identical_to_one_call(monkeypatch):
     """Chunked over threads (each chunk single-threaded) == one torch.linalg.svd call, bit for
     bit: each matrix's SVD is computed alone, so chunking cannot change it. Also the worker
     count knob and its validation."""
-    from svfcheck.real.threads import batched_svd, svd_workers
+    from svfcheck.real.threads import batched_map, batched_svd, svd_workers
 
     C = torch.randn(300, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     want = torch.linalg.svd(C)
@@ -176,6 +176,16 @@ def test_batched_svd_is_bit_identical_to_one_call(monkeypatch):
         for g, w in zip(got, want):
             assert torch.equal(g, w)
     small = batched_svd(C[:5], workers=4)  # below 2·min_chunk: one call in the caller's thread
+    # blocked, into preallocated outputs: the same bits for any block size and worker count
+    for workers, block in ((1, 7), (3, 16), (2, None)):
+        out = (torch.full_like(want[0], float("nan")), torch.full_like(want[1], float("nan")),
+               torch.full_like(want[2], float("nan")))
+        got = batched_map(torch.linalg.svd, C, workers=workers, min_chunk=8, out=out, block=block)
+        assert all(g is o for g, o in zip(got, out))
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+    with pytest.raises(ValueError, match="out's leading axes"):
+        batched_map(torch.linalg.svd, C, out=(torch.empty(3, 16, 16),))
     assert torch.equal(small[1], want[1][:5])
     monkeypatch.setenv("SVFCHECK_SVD_WORKERS", "3")
     assert svd_workers() == 3
@@ -204,3 +214,68 @@ def test_core_tables_do_not_depend_on_the_worker_count(monkeypatch, tiny):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="leading axes differ"):
         batched_map(torch.add, torch.zeros(3), torch.zeros(4))
+
+
+def _cores_with_spectrum(s: np.ndarray, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n cores ``Q₁ diag(s) Q₂ᵀ`` with Haar Q's and a known spectrum (descending)."""
+    from svfcheck.metrics import haar_orthogonal
+
+    rng = np.random.default_rng(seed)
+    q1, q2 = (torch.as_tensor(haar_orthogonal(len(s), rng, size=(n,))) for _ in range(2))
+    S = torch.as_tensor(np.sort(s)[::-1].copy()).expand(n, -1)
+    return (q1 * S[:, None, :]) @ q2.transpose(-1, -2), S
+
+
+@pytest.mark.parametrize(
+    "kind, s",
+    [
+        ("well conditioned", np.linspace(1.0, 0.05, 16)),
+        # Gram route alone: σ_min off by 3.7e-9 relative with ŨᵀŨ − I ≈ 7e-9 (a certificate
+        # looser than that passes it), and by ~1e-3 at κ = 1e7
+        ("moderately ill conditioned", np.geomspace(1.0, 1e-4, 16)),
+        ("ill conditioned", np.geomspace(1.0, 1e-7, 16)),
+        ("rank deficient", np.r_[np.linspace(2.0, 0.5, 13), 0.0, 0.0, 0.0]),
+    ],
+)
+def test_core_svd_is_an_accurate_svd_or_falls_back_to_gesdd(kind, s):
+    """core_svd (Gram eigendecomposition, certified) against cores of known spectrum: every
+    singular value within 1e-13·σ_max absolute and 1e-9 relative where σ > 0 (the Gram route
+    alone misses the relative bound by orders of magnitude for the ill-conditioned cores: a
+    missing or too-loose certificate fails it), C = Ũ S Ṽᵀ and orthonormal Ũ, Ṽ to 1e-12,
+    subspaces (|cos| of singular vectors, distinct σ) equal to torch.linalg.svd's."""
+    from svfcheck.real.svd import core_svd
+
+    C, S_true = _cores_with_spectrum(s, 40, seed=3)
+    U, S, V = core_svd(C)
+    eye = torch.eye(C.shape[-1], dtype=torch.float64)
+    assert (S[:, :-1] >= S[:, 1:]).all()
+    err = (S - S_true).abs()
+    assert float(err.max()) <= 1e-13 * float(S_true.max())
+    pos = S_true > 0
+    assert float((err[pos] / S_true[pos]).max()) <= 1e-9
+    assert float(((U * S[:, None, :]) @ V.transpose(-1, -2) - C).abs().max()) <= 1e-12 * float(S_true.max())
+    assert float((V.transpose(-1, -2) @ V - eye).abs().max()) <= 1e-12
+    assert float((U.transpose(-1, -2) @ U - eye).abs().max()) <= 1e-12
+    Ur, _, Vhr = torch.linalg.svd(C)
+    k = int(pos[0].sum())  # the null space is a subspace, not vectors
+    cos = (V[..., :k] * Vhr.transpose(-1, -2)[..., :k]).sum(-2).abs()
+    assert float((1 - cos).abs().max()) <= 1e-8
+    cosu = (U[..., :k] * Ur[..., :k]).sum(-2).abs()
+    assert float((1 - cosu).abs().max()) <= 1e-8
+
+
+def test_core_svd_decides_per_core():
+    """A core's result does not depend on its batch neighbours (so the cache's chunking and
+    blocking cannot change a table), in particular not on whether a neighbour fell back."""
+    from svfcheck.real.svd import core_svd
+
+    good, _ = _cores_with_spectrum(np.linspace(1.0, 0.1, 8), 5, seed=4)
+    bad, _ = _cores_with_spectrum(np.geomspace(1.0, 1e-9, 8), 5, seed=5)
+    mixed = torch.cat([good[:2], bad[:3], good[2:], bad[3:]])
+    alone = [core_svd(good), core_svd(bad)]
+    together = core_svd(mixed)
+    order = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (0, 2), (0, 3), (0, 4), (1, 3), (1, 4)]
+    for row, (which, r) in enumerate(order):
+        for got, want in zip(together, alone[which]):
+            assert torch.equal(got[row], want[r])
+    assert core_svd(good[:0])[1].shape == (0, 8)
