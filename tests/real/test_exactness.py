@@ -429,6 +429,29 @@ def test_summed_route_equals_per_key_route(arch, basis, setup):
     assert 0.25 < ratio.min() and ratio.max() < 4, (ratio.min(), ratio.max())
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_summed_route_does_not_depend_on_which_pairs_come_with_a_pair(arch, setup):
+    """Pairs are batched per (prompt, head) and gather their own table rows: on a shuffled random
+    subset — heads with different numbers of pairs, prompts and heads interleaved — every pair
+    must get what it gets in the full set and in the per-key route (a pair given a neighbour
+    head's Q, table row or query would not; measured: batching a key head's heads together
+    with a wrong head's rotation for all but the first run fails it)."""
+    _, heads, cap, pairs = setup(arch)
+    full = decompose(heads, cap, pairs, seed=6)
+    rng = np.random.default_rng(0)
+    sub = rng.permutation(len(pairs))[: (2 * len(pairs)) // 3]
+    sp = Pairs(*(getattr(pairs, f)[sub] for f in ("prompt", "layer", "head", "query_pos", "key_pos")))
+    counts = np.bincount(sp.head[sp.layer == 0], minlength=heads.layers[0].n_heads)
+    assert len(set(counts.tolist())) > 1  # unequal runs per head
+    a = decompose(heads, cap, sp, seed=6)
+    b = decompose(heads, cap, sp, seed=6, per_key=True)
+    scale = np.abs(full.terms).max()
+    for f in ("terms", "contributions", "contributions_rotated", "contributions_paper_control", "singular_values"):
+        np.testing.assert_allclose(getattr(a, f), getattr(full, f)[sub], rtol=0, atol=1e-12 * scale, err_msg=f)
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=0, atol=1e-12 * scale, err_msg=f)
+    np.testing.assert_array_equal(a.reconstruction_error <= tol64(arch), True)
+
+
 def test_summed_route_gate_catches_a_wrong_key_sum(setup, monkeypatch):
     """The summed route's own failure mode: a wrong sum over keys (here the last visible key
     dropped from every query's sum, i.e. an off-by-one window) leaves every per-key logit right
@@ -439,10 +462,10 @@ def test_summed_route_gate_catches_a_wrong_key_sum(setup, monkeypatch):
     assert decompose(heads, cap, pairs, controls=False).max_reconstruction_error < tol64("llama")
     real = dec._key_sums
 
-    def dropped(vis, O, wz):
+    def dropped(vis, O, wz, **kw):
         last = vis.cumsum(-1) == vis.sum(-1, keepdim=True)
         v = torch.where(last & (vis > 0), torch.zeros_like(vis), vis)
-        return real(v, O, wz)
+        return real(v, O, wz, **kw)
 
     monkeypatch.setattr(dec, "_key_sums", dropped)
     assert decompose(heads, cap, pairs, controls=False).max_reconstruction_error > BROKEN
