@@ -154,8 +154,8 @@ def test_rope_core_tables_vs_gesdd(benchmark):
     for l in layers:
         cache = SVDCache(heads)
         cache.factors(l)
-        t_new, (Ut, S, Vt, F) = best_of(lambda: cache._cores(l, deltas), 2)
-        t_old, (Uo, So, Vo, Fo) = best_of(lambda: _gesdd_tables(cache, l, deltas), 2)
+        t_new, (Ut, S, Vt, F) = best_of(lambda c=cache, l=l: c._cores(l, deltas), 2)
+        t_old, (Uo, So, Vo, Fo) = best_of(lambda c=cache, l=l: _gesdd_tables(c, l, deltas), 2)
         H, n = Ut.shape[:2]
         So = So.view(H, n, -1)
         assert float((S - So).abs().max()) <= 1e-12 * float(So.max())

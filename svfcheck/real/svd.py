@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .heads import LayerHeads, ModelHeads, rope_matrix
-from .threads import batched_map, single_thread
+from .threads import batched_map
 
 __all__ = [
     "ROUTES",
