@@ -264,7 +264,9 @@ def all_heads_svd(
 
 @dataclass(frozen=True, eq=False)
 class LayerFactors:
-    """Factorisation of one layer (float64): ``W̃_Q[h] = Q R_q[h]``, ``W̃_K[g] = Q R_k[g]``."""
+    """Factorisation of one layer (float64): ``W̃_Q[h] = Q R_q[h]``, ``W̃_K[g] = Q R_k[g]``;
+    ``GRkT[h] = G_k R_k[kv(h)]ᵀ`` (with the QK-norm key gain ``G_k``, else ``R_kᵀ``), the
+    key-side factor of ``F = G_k R_kᵀ Ṽ`` shared by the core tables and the summed route."""
 
     R_q: torch.Tensor  # (H, d_h, d_h)
     R_k: torch.Tensor  # (Hkv, d_h, d_h)
@@ -273,30 +275,68 @@ class LayerFactors:
     W_Q: torch.Tensor  # (H, D, d_h) augmented, float64
     W_K: torch.Tensor  # (Hkv, D, d_h)
     kv_index: torch.Tensor  # (H,)
+    GRkT: torch.Tensor  # (H, d_h, d_h)
+
+
+@dataclass(eq=False)
+class _CoreTable:
+    """One layer's core SVDs over the contiguous offset range ``lo .. lo + T − 1``: float64,
+    head-major (H, T, ...) so that one head's rows are contiguous. Only the (head, Δ) entries
+    marked in ``filled`` (H, T) have been computed; the others are allocated (untouched pages
+    cost no memory) and never read. ``conv``: per dtype, the converted copies and the entries
+    they hold; ``ctl``: per dtype, ``[key, basis-control table F̂, entries held]``."""
+
+    lo: int
+    Ut: torch.Tensor
+    S: torch.Tensor
+    Vt: torch.Tensor
+    F: torch.Tensor
+    filled: torch.Tensor
+    conv: dict
+    ctl: dict
+
+    @property
+    def T(self) -> int:
+        return self.S.shape[1]
+
+    def arrays(self) -> tuple:
+        return (self.Ut, self.S, self.Vt, self.F)
+
+
+def _copy_rows(dst: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
+    """``dst.flat[rows] = src.flat[rows]`` over the (head, Δ) entries of head-major tables
+    (H, T, ...), converting the dtype: only those rows' pages are touched."""
+    n = dst.shape[0] * dst.shape[1]
+    dst.view(n, -1).index_copy_(0, rows, src.reshape(n, -1).index_select(0, rows).to(dst.dtype))
 
 
 class SVDCache:
-    """Per-model cache of layer factorisations and of core SVDs per (layer, Δ).
+    """Per-model cache of layer factorisations and of core SVDs per (layer, head, Δ).
 
     ``core(layer, deltas)`` returns ``(Ũ, S, Ṽ)`` of ``C(Δ) = R_q M(Δ) R_kᵀ`` for every head,
-    shapes (n_Δ, H, d_h, d_h) / (n_Δ, H, d_h), computing only the offsets not yet cached.
+    shapes (n_Δ, H, d_h, d_h) / (n_Δ, H, d_h); :meth:`core_lookup` serves the decomposition,
+    which asks only for the (head, Δ) entries its pairs use. Either computes only the entries
+    not yet cached (lazily: the first 128-token prompt of SmolLM2-135M needs about a quarter of
+    the 30 × 9 × 128 entries its offsets span, 32 prompts about 88%; measured).
     ``basis(layer)`` returns full ``(U, S, V)`` (H, D, d_h) at Δ = 0.
-    All in float64; stored head-major (H, n_Δ, ...) with the key-side factor ``F`` (see
-    :meth:`core_lookup`), built on all cores (:meth:`_cores`); per-dtype copies for the
-    decomposition and the basis control's table (:meth:`control_table`) are derived on demand.
-    Memory grows as layers × heads × offsets × d_h²: SmolLM2-135M at 128 tokens (30 layers ×
-    9 heads × 128 offsets × 64²) holds ≈ 3.4 GB in float64 (Ũ, Ṽ, F) plus ≈ 2.3 GB for a
-    float32 decomposition with controls (its copies and the control table). Sign convention here is on the core (largest-|.| entry of each
+    All in float64; stored per layer over a contiguous offset range (:class:`_CoreTable`),
+    head-major with the key-side factor ``F`` (see :meth:`core_lookup`), built on all cores
+    (:meth:`_core_rows`); per-dtype copies for the decomposition and the basis control's
+    table (:meth:`control_table`) are converted entry by entry on demand. Memory grows with
+    the entries computed, up to layers × heads × offsets × d_h²: SmolLM2-135M at 128 tokens
+    (30 layers × 9 heads × 128 offsets × 64²) holds ≈ 3.4 GB in float64 (Ũ, Ṽ, F) plus ≈ 2.3 GB
+    for a float32 decomposition with controls (its copies and the control table). Sign convention here is on the core (largest-|.| entry of each
     ``ũ_r = Q_qᵀ u_r`` positive), so it needs no D-sized vector per offset; terms and
     relative contributions do not depend on signs, the paper control does (via its Q's). For layers without RoPE every Δ maps to the Δ = 0 entry.
+    Every entry is computed on its own (:func:`core_svd` decides per core), so the cache's
+    contents do not depend on the order or grouping of the requests (tested).
     """
 
     def __init__(self, heads: ModelHeads, route: str = "qr"):
         self.heads = heads
         self.route = route
         self._factors: dict[int, LayerFactors] = {}
-        self._core: dict[int, tuple] = {}  # layer -> (sorted Δ, Ũ, S, Ṽ, F, per-dtype copies)
-        self._ctl: dict = {}  # (layer, dtype) -> (key, basis-control table), see control_table
+        self._core: dict[int, _CoreTable] = {}
         self._basis: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def factors(self, layer: int) -> LayerFactors:
@@ -308,7 +348,9 @@ class SVDCache:
             eye = torch.eye(lh.head_dim, dtype=torch.float64)
             Rqi = torch.linalg.solve_triangular(Rq, eye.expand_as(Rq), upper=True)
             Rki = torch.linalg.solve_triangular(Rk, eye.expand_as(Rk), upper=True)
-            self._factors[layer] = LayerFactors(Rq, Rk, Rqi, Rki, wq, wk, kv)
+            RkT = Rk[kv].transpose(-1, -2)
+            GRkT = lh.k_gain.double()[None, :, None] * RkT if lh.qk_norm else RkT.contiguous()
+            self._factors[layer] = LayerFactors(Rq, Rk, Rqi, Rki, wq, wk, kv, GRkT)
         return self._factors[layer]
 
     def basis(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -320,111 +362,151 @@ class SVDCache:
             self._basis[layer] = (U, S, V)
         return self._basis[layer]
 
-    def _table(self, layer: int, deltas: np.ndarray):
-        """The layer's table ``(sorted Δ, Ũ, S, Ṽ, F, {dtype: (Ũ, S, Ṽ, F)})`` over a contiguous
-        offset range, float64 and head-major (H, n_Δ, ...) so one head's rows are contiguous,
-        extended in one batched SVD when ``deltas`` leave it (lookups are one ``searchsorted`` +
-        gather instead of a per-offset dict and stack). ``F = G_k R_k[kv(h)]ᵀ Ṽ`` (see
-        :meth:`core_lookup`)."""
+    def _ensure(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None) -> _CoreTable:
+        """The layer's table with the (head, Δ) entries ``(hs, ds)`` computed (only those not
+        yet there, in one batched call). The offset range first grows, in one copy of the
+        computed entries, to cover ``ds`` and ``span`` (lo, hi) — ``span`` only allocates: a
+        prompt's whole visible-offset range at once, so later prompts of that length never grow
+        (and copy) the table again."""
+        lh = self.heads.layer(layer)
+        H, dh = lh.n_heads, lh.head_dim
         tab = self._core.get(layer)
-        have = np.zeros(0, dtype=np.int64) if tab is None else tab[0]
-        missing = np.setdiff1d(np.unique(deltas), have)
-        if missing.size:
-            # fill the whole contiguous offset range at once: prompts of one length need nearly
-            # every offset anyway, and the table then grows (and is copied) only when a longer
-            # prompt extends the range
-            lo, hi = int(missing.min()), int(missing.max())
-            if have.size:
-                lo, hi = min(lo, int(have.min())), max(hi, int(have.max()))
-            missing = np.setdiff1d(np.arange(lo, hi + 1, dtype=np.int64), have)
-            new = self._cores(layer, missing)
-            if tab is None:
-                d_all, parts = missing, new
-            else:  # merge along the offset axis; converted copies are redone on demand
-                d_all = np.concatenate([have, missing])
-                order = np.argsort(d_all, kind="stable")
-                d_all = d_all[order]
-                o = torch.as_tensor(order)
-                parts = tuple(torch.cat([a, b], 1).index_select(1, o) for a, b in zip(tab[1:5], new))
-            tab = (d_all, *parts, {})
-            self._core[layer] = tab
+        lo, hi = int(ds.min()), int(ds.max())
+        if span is not None:
+            lo, hi = min(lo, int(span[0])), max(hi, int(span[1]))
+        if tab is not None:
+            lo, hi = min(lo, tab.lo), max(hi, tab.lo + tab.T - 1)
+        if tab is None or lo != tab.lo or hi != tab.lo + tab.T - 1:
+            T, e, f64 = hi - lo + 1, torch.empty, torch.float64
+            grown = _CoreTable(lo, e(H, T, dh, dh, dtype=f64), e(H, T, dh, dtype=f64), e(H, T, dh, dh, dtype=f64),
+                               e(H, T, dh, dh, dtype=f64), torch.zeros(H, T, dtype=torch.bool), {}, {})
+            if tab is not None:  # move the computed entries (converted copies are redone on demand)
+                s = tab.lo - lo
+                grown.filled[:, s : s + tab.T] = tab.filled
+                h, t = torch.nonzero(tab.filled, as_tuple=True)
+                for a, b in zip(grown.arrays(), tab.arrays()):
+                    a[h, t + s] = b[h, t]
+            tab = self._core[layer] = grown
+        need = torch.zeros(H, tab.T, dtype=torch.bool)
+        need[torch.as_tensor(hs, dtype=torch.int64), torch.as_tensor(ds - tab.lo)] = True
+        need &= ~tab.filled
+        if bool(need.any()):
+            h, t = torch.nonzero(need, as_tuple=True)  # head-major order
+            new = self._core_rows(layer, h, t.numpy() + tab.lo)
+            rows = h * tab.T + t
+            for a, b in zip(tab.arrays(), new):
+                a.view(H * tab.T, -1).index_copy_(0, rows, b.reshape(len(rows), -1))
+            tab.filled |= need
         return tab
 
-    def _cores(self, layer: int, deltas: np.ndarray) -> tuple:
-        """``(Ũ, S, Ṽ, F)`` float64, head-major (H, n_Δ, ...), of the cores at ``deltas``.
+    def _core_rows(self, layer: int, hs: torch.Tensor, ds: np.ndarray) -> tuple:
+        """``(Ũ, S, Ṽ, F)`` float64 of the cores of heads ``hs`` at offsets ``ds`` (one row each).
 
         Thousands of d_h×d_h SVDs (:func:`core_svd`): through
         :func:`~svfcheck.real.threads.batched_map` (one intra-op thread each, one contiguous
         chunk per core), each chunk in blocks of :data:`_CORE_BLOCK` cores that are formed,
         decomposed, sign-fixed and multiplied into ``F`` while in cache and written straight into
-        the table — all per-matrix work, so the result does not depend on the chunking."""
+        the output — all per-matrix work, so the result does not depend on the chunking."""
         lh = self.heads.layer(layer)
         f = self.factors(layer)
-        H, dh = f.R_q.shape[0], f.R_q.shape[-1]
-        n = len(deltas)
-        Rk = f.R_k[f.kv_index]  # (H, dh, dh)
-        M = middle_matrix(lh, deltas)  # (n, dh, dh) or None
-        RkT = Rk.transpose(-1, -2)
-        GRkT = lh.k_gain.double()[None, :, None] * RkT if lh.qk_norm else RkT  # G_k R_kᵀ
-        head = torch.arange(H).repeat_interleave(n)  # row -> head (rows are head-major)
-        off = torch.arange(n).repeat(H)  # row -> offset
+        dh = f.R_q.shape[-1]
+        n = len(ds)
+        ud, off = np.unique(np.asarray(ds, dtype=np.int64), return_inverse=True)
+        M = middle_matrix(lh, ud)  # (n_Δ, dh, dh) or None
+        RkT = f.R_k[f.kv_index].transpose(-1, -2)
 
         def one(hc, oc):
-            # the cores C = R_q M(Δ) R_kᵀ of this block only (never the whole (H·n, dh, dh) batch)
+            # the cores C = R_q M(Δ) R_kᵀ of this block only (never the whole batch)
             Cc = f.R_q[hc] if M is None else f.R_q[hc] @ M[oc]
             Ut, S, Vt = core_svd(Cc @ RkT[hc])
             # core sign convention (cheap, no D-sized vector): largest-|.| entry of ũ_r positive
             Ut, Vt = sign_fix(Ut, Vt)
-            return Ut, S, Vt, GRkT[hc] @ Vt
+            return Ut, S, Vt, f.GRkT[hc] @ Vt
 
         e, dt = torch.empty, f.R_q.dtype
-        out = (e(H * n, dh, dh, dtype=dt), e(H * n, dh, dtype=dt), e(H * n, dh, dh, dtype=dt), e(H * n, dh, dh, dtype=dt))
-        Ut, S, Vt, F = batched_map(one, head, off, out=out, block=_CORE_BLOCK)
-        return Ut.view(H, n, dh, dh), S.view(H, n, dh), Vt.view(H, n, dh, dh), F.view(H, n, dh, dh)
+        out = (e(n, dh, dh, dtype=dt), e(n, dh, dtype=dt), e(n, dh, dh, dtype=dt), e(n, dh, dh, dtype=dt))
+        return batched_map(one, torch.as_tensor(hs, dtype=torch.int64), torch.as_tensor(off.reshape(-1)),
+                           out=out, block=_CORE_BLOCK)
+
+    def _cores(self, layer: int, deltas: np.ndarray) -> tuple:
+        """``(Ũ, S, Ṽ, F)`` of every head at ``deltas``, head-major (H, n_Δ, ...), computed
+        afresh (:meth:`_core_rows` over the full grid; not cached)."""
+        H, n = self.heads.layer(layer).n_heads, len(deltas)
+        hs = torch.arange(H).repeat_interleave(n)
+        out = self._core_rows(layer, hs, np.tile(np.asarray(deltas, dtype=np.int64), H))
+        return tuple(t.view(H, n, *t.shape[1:]) for t in out)
+
+    def _offsets(self, layer: int, deltas) -> np.ndarray:
+        deltas = np.atleast_1d(np.asarray(deltas, dtype=np.int64))
+        return np.zeros_like(deltas) if self.heads.layer(layer).rotary is None else deltas
 
     def core(self, layer: int, deltas) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lh = self.heads.layer(layer)
-        deltas = np.atleast_1d(np.asarray(deltas, dtype=np.int64))
-        if lh.rotary is None:
-            deltas = np.zeros_like(deltas)
-        tab = self._table(layer, deltas)
-        ix = torch.as_tensor(np.searchsorted(tab[0], deltas))
-        return tuple(t.index_select(1, ix).transpose(0, 1).contiguous() for t in tab[1:4])
+        deltas = self._offsets(layer, deltas)
+        H = self.heads.layer(layer).n_heads
+        tab = self._ensure(layer, np.repeat(np.arange(H), len(deltas)), np.tile(deltas, H))
+        ix = torch.as_tensor(deltas - tab.lo)
+        return tuple(t.index_select(1, ix).transpose(0, 1).contiguous() for t in (tab.Ut, tab.S, tab.Vt))
 
-    def core_lookup(self, layer: int, deltas, dtype: torch.dtype):
+    def core_lookup(self, layer: int, deltas, dtype: torch.dtype, heads=None, span=None):
         """For the decomposition: ``(Ũ, S, Ṽ, F, index)`` in ``dtype`` where the first four are
         the layer's whole table, head-major (H, n_table, ...) so that one head's rows gather
         contiguously (``T[h].index_select(0, index)``), and ``index`` maps each of ``deltas`` to its
-        row. ``F[h, t] = G_k R_k[kv(h)]ᵀ Ṽ[h, t]`` (= ``W̃_Kᵀ v_r`` in head space, with the
-        QK-norm key gain) is computed once per (layer, Δ), not once per pair."""
+        row. ``heads``: per offset, the head whose core is needed (default: every head's);
+        only those entries are guaranteed computed, so read only them. ``span``: (lo, hi), an
+        offset range the table should cover (allocated, not computed; see :meth:`_ensure`).
+        ``F[h, t] = G_k R_k[kv(h)]ᵀ Ṽ[h, t]`` (= ``W̃_Kᵀ v_r`` in head space, with the
+        QK-norm key gain) is computed once per (layer, head, Δ), not once per pair."""
+        deltas = self._offsets(layer, deltas)
         lh = self.heads.layer(layer)
-        deltas = np.atleast_1d(np.asarray(deltas, dtype=np.int64))
         if lh.rotary is None:
-            deltas = np.zeros_like(deltas)
-        tab = self._table(layer, deltas)
-        conv = tab[5]
-        if dtype not in conv:
-            conv[dtype] = tuple(t.to(dtype) for t in tab[1:5])  # float64: the table itself
-        return (*conv[dtype], torch.as_tensor(np.searchsorted(tab[0], deltas)))
+            span = None
+        if heads is None:
+            hs, ds = np.repeat(np.arange(lh.n_heads), len(deltas)), np.tile(deltas, lh.n_heads)
+        else:
+            hs = np.broadcast_to(np.asarray(heads, dtype=np.int64), deltas.shape).copy()
+            ds = deltas
+        tab = self._ensure(layer, hs, ds, span)
+        return (*self._converted(tab, dtype), torch.as_tensor(deltas - tab.lo))
+
+    @staticmethod
+    def _converted(tab: _CoreTable, dtype: torch.dtype) -> tuple:
+        """The table in ``dtype`` (float64: itself), its computed entries converted once."""
+        if dtype == torch.float64:
+            return tab.arrays()
+        if dtype not in tab.conv:
+            tab.conv[dtype] = (tuple(torch.empty(a.shape, dtype=dtype) for a in tab.arrays()),
+                               torch.zeros_like(tab.filled))
+        arrays, have = tab.conv[dtype]
+        new = tab.filled & ~have
+        if bool(new.any()):
+            rows = torch.nonzero(new.view(-1)).squeeze(1)
+            for a, b in zip(arrays, tab.arrays()):
+                _copy_rows(a, b, rows)
+            have |= new
+        return arrays
 
     def control_table(self, layer: int, dtype: torch.dtype, key, Q: torch.Tensor) -> torch.Tensor:
         """``F̂[h, t] = F[h, t] diag(1/s) Q[h]`` (H, n_table, d_h, R) in ``dtype`` for the basis
         control of the summed decomposition route (``Q``: (H, R, R), the heads' Haar matrices,
         identified by ``key``, e.g. the control seed; ``s`` the singular values, zeros taken as 1).
-        Cached per (layer, dtype) for the latest ``key`` and the current table (one product per
-        row here instead of one R×R product per pair there)."""
+        Cached per (layer, dtype) for the latest ``key``, over the table's computed entries
+        (one product per entry here instead of one R×R product per pair there)."""
         tab = self._core[layer]
-        Ut, S, Vt, F = tab[5][dtype]
-        k = (key, int(tab[0][0]), int(tab[0][-1]))
-        hit = self._ctl.get((layer, dtype))
-        if hit is None or hit[0] != k:
-            safe = safe_singular_values(S)
-            hit = (k, (F / safe[:, :, None, :]) @ Q.to(dtype)[:, None])
-            self._ctl[(layer, dtype)] = hit
+        _, S, _, F = self._converted(tab, dtype)
+        hit = tab.ctl.get(dtype)
+        if hit is None or hit[0] != key:
+            hit = tab.ctl[dtype] = [key, torch.empty(F.shape, dtype=dtype), torch.zeros_like(tab.filled)]
+        new = tab.filled & ~hit[2]
+        if bool(new.any()):
+            h, t = torch.nonzero(new, as_tuple=True)
+            safe = safe_singular_values(S[h, t])
+            hit[1][h, t] = (F[h, t] / safe[:, None, :]) @ Q.to(dtype)[h]
+            hit[2] |= new
         return hit[1]
 
     def __len__(self) -> int:
-        return sum(len(t[0]) for t in self._core.values())
+        """Core SVDs computed so far, over all layers, heads and offsets."""
+        return sum(int(t.filled.sum()) for t in self._core.values())
 
 
 _CACHES: "weakref.WeakKeyDictionary[ModelHeads, SVDCache]" = weakref.WeakKeyDictionary()

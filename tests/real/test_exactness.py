@@ -378,7 +378,8 @@ def test_core_table_grows_and_matches_fresh_svds(setup):
     grown.core(1, [3, -2]), grown.core(1, [0, -2, -7])
     Ug, Sg, Vg = grown.core(1, [-7, 3, 0, -2])
     Uf, Sf, Vf = fresh.core(1, [-7, 3, 0, -2])
-    assert len(grown) == len(fresh) == 11  # contiguous range -7..3
+    H = heads.layers[1].n_heads
+    assert len(grown) == len(fresh) == 4 * H  # offsets -7, -2, 0, 3 for every head, each computed once
     np.testing.assert_array_equal(Sg.numpy(), Sf.numpy())
     np.testing.assert_allclose(np.abs(Ug.numpy()), np.abs(Uf.numpy()), atol=1e-12)
     U, S, V, F, rows = grown.core_lookup(1, np.array([0, 3, 3]), torch.float64)

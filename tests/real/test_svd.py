@@ -135,15 +135,17 @@ def test_three_svd_and_dense_helpers_agree_with_float64_reference():
 def test_cache_returns_same_cores_as_all_heads_svd(tiny_models):
     heads = extract_heads(tiny_models("gemma3_text"))
     cache = SVDCache(heads)
+    H = heads.layers[2].n_heads
     Ut, S, Vt = cache.core(2, [0, 7, 7, 2])
-    assert len(cache) == 8  # the contiguous offset range 0..7 is filled at once
+    assert len(cache) == 3 * H  # one SVD per (head, distinct offset), none for the range between
     ref = all_heads_svd(heads, delta=7, core_dtype=torch.float64)
     torch.testing.assert_close(S[1], ref.S[2], rtol=1e-12, atol=0)
     torch.testing.assert_close(S[1], S[2], rtol=0, atol=0)
     cache.core(2, [7, 3])
-    assert len(cache) == 8  # reused, not recomputed
+    assert len(cache) == 4 * H  # 7 reused, 3 computed
     cache.core(2, [-2])
-    assert len(cache) == 10  # range extended to -2..7
+    assert len(cache) == 5 * H  # range extended to -2..7, only -2 computed
+    torch.testing.assert_close(cache.core(2, [7])[1][0], S[1], rtol=0, atol=0)  # moved with the growth
 
 
 def test_rank_deficient_and_bad_route_raise():
