@@ -35,6 +35,7 @@ from ..metrics import haar_orthogonal, reconstruction_count, rolls_tovee
 from .capture import Capture
 from .heads import LayerHeads, ModelHeads
 from .svd import SVDCache, safe_singular_values, svd_cache
+from . import kernels
 from .threads import parallel_map
 
 __all__ = ["Pairs", "Decomposition", "decompose", "top_attended_pairs", "check_rotary", "gate_tolerance"]
@@ -288,20 +289,20 @@ def _groups(idx: np.ndarray, pairs: Pairs, chunk: int):
             yield g[s0 : s0 + chunk]
 
 
-def _pair_offsets(cap: Capture, l: int, pos, b, i, j, basis: str, rotary: bool) -> np.ndarray:
-    """Basis offsets Δ = pos_j − pos_i of the pairs, followed by the smallest and largest offset
-    any visible (query, key) of this capture has: the per-layer core table is contiguous, so
-    asking for both ends once fills it for every prompt of this length (later prompts then
-    find every offset cached instead of growing — and copying — the table a few offsets at a time)."""
+def _pair_offsets(cap: Capture, l: int, pos, b, i, j, basis: str, rotary: bool) -> tuple[np.ndarray, tuple | None]:
+    """Basis offsets Δ = pos_j − pos_i of the pairs, and the smallest and largest offset any
+    visible (query, key) of this capture has (``None`` without a per-pair basis): the per-layer
+    core table is contiguous, so allocating that span once means later prompts of this length
+    never grow (and copy) it; only the entries the pairs use are computed."""
     if basis != "pair" or not rotary:
-        return np.zeros(len(b), dtype=np.int64)
+        return np.zeros(len(b), dtype=np.int64), None
     d = (pos[b, j] - pos[b, i]).numpy()
     diff = pos[:, None, :] - pos[:, :, None]  # (B, n_query, n_key)
     vis = cap.visible[l]
     big = torch.iinfo(diff.dtype).max
     lo = int(torch.where(vis, diff, torch.full_like(diff, big)).min())
     hi = int(torch.where(vis, diff, torch.full_like(diff, -big)).max())
-    return np.concatenate([d, np.array([lo, hi], dtype=np.int64)])
+    return d, (lo, hi)
 
 
 @dataclass(frozen=True, eq=False)
@@ -330,9 +331,9 @@ def _prepare_layer(lh, l, idx, pairs, cap, cache, Qs, dtype, basis, seed, route)
         cache.basis(l)
         return
     cache.factors(l)
-    d_all = _pair_offsets(cap, l, cap.positions, pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx],
-                          basis, lh.rotary is not None)
-    cache.core_lookup(l, d_all, dtype)
+    d, span = _pair_offsets(cap, l, cap.positions, pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx],
+                            basis, lh.rotary is not None)
+    cache.core_lookup(l, d, dtype, heads=pairs.head[idx], span=span)
     if route == "summed" and Qs is not None and lh.rotary is not None:
         cache.control_table(l, dtype, seed, Qs[0][l])
 
@@ -349,10 +350,10 @@ def _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis) -> _Layer:
     rd = 0 if lh.rotary is None else lh.rotary.rotary_dim
     # all core SVDs this layer needs, looked up once
     b_all, i_all, j_all = (pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx])
-    d_all = _pair_offsets(cap, l, cap.positions, b_all, i_all, j_all, basis, lh.rotary is not None)
-    *tables, rows = cache.core_lookup(l, d_all, dtype)
+    d, span = _pair_offsets(cap, l, cap.positions, b_all, i_all, j_all, basis, lh.rotary is not None)
+    *tables, rows = cache.core_lookup(l, d, dtype, heads=pairs.head[idx], span=span)
     slot = np.zeros(len(pairs), dtype=np.int64)
-    slot[idx] = rows[: len(idx)].numpy()
+    slot[idx] = rows.numpy()
     return _Layer(A, K, Z, Y, rq, rk, rd, f.kv_index, tuple(tables), slot)
 
 
@@ -440,7 +441,7 @@ def _duplicated_halves(cos, sin, rd: int) -> bool:
 
 def _key_features(cos, sin, rd: int, dh: int, halves: bool):
     """Key-side coordinates ``cs_k`` (n, e) such that ``λ_kr = cs_k · G_p[:, r]`` (see
-    :func:`_query_side`): ``[cos_k, 1, −sin_k]`` over (rotary, pass-through, rotary)
+    :func:`~svfcheck.real.kernels.query_side_sums`): ``[cos_k, 1, −sin_k]`` over (rotary, pass-through, rotary)
     dims, or with ``halves`` (HF duplicates each angle over dims t and t + rd/2) only one
     copy of each angle, e = d_h. Without RoPE (rd = 0) ``λ`` does not depend on the key: e = 1."""
     n = cos.shape[0] if cos is not None else None
@@ -451,27 +452,6 @@ def _key_features(cos, sin, rd: int, dh: int, halves: bool):
     if halves:
         return torch.cat([cos[:, :h], ones, -sin[:, :h]], 1)
     return torch.cat([cos, ones, -sin], 1)
-
-
-def _query_side(qh, Mk, rd: int, halves: bool):
-    """``X = D_qᵀ Mk`` (P, d_h, R) where ``G_p = D_q F_p`` is the query side of
-    ``λ_kr = cs_k · G_p[:, r]`` (rows ``q̂⊙F`` for the cos and pass-through coordinates of
-    :func:`_key_features`, ``rot(q̂)⊙F`` for the −sin ones), so that ``G_pᵀ Mk = F_pᵀ X`` without forming G: on each rotary pair (t, t + rd/2) the cos and
-    (−sin) rows of Mk combine with the rotated query as ``[q_t·C − q_{t+h}·S, q_{t+h}·C + q_t·S]``,
-    pass-through rows are scaled by q. Written into one output (no concatenation)."""
-    P, dh = qh.shape
-    h = rd // 2
-    q = qh[:, :, None]
-    X = torch.empty(P, dh, Mk.shape[2], dtype=Mk.dtype)
-    if halves:  # Mk rows: cos (h), pass-through (dh − rd), −sin (h)
-        Mc, Mp, Ms = Mk[:, :h], Mk[:, h : h + dh - rd], Mk[:, h + dh - rd :]
-        torch.mul(q[:, :h], Mc, out=X[:, :h]).sub_(q[:, h:rd] * Ms)
-        torch.mul(q[:, h:rd], Mc, out=X[:, h:rd]).add_(q[:, :h] * Ms)
-    else:  # Mk rows: cos (rd; both copies), pass-through, −sin (rd)
-        Mc, Mp, Ms = Mk[:, :rd], Mk[:, rd:dh], Mk[:, dh:]
-        torch.mul(q[:, :rd], Mc, out=X[:, :rd]).add_(_rot_half(qh, rd)[:, :rd, None] * Ms)
-    torch.mul(q[:, rd:], Mp, out=X[:, rd:])
-    return X
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor, one: bool) -> torch.Tensor:
@@ -517,10 +497,9 @@ def _key_sums(vis: torch.Tensor, O: torch.Tensor, wz: torch.Tensor, overwrite: b
     if torch.equal(vis, (ar[None, :] >= s) & (ar[None, :] < s + cnt[:, None])):
         outs = []
         for t, own in ((O, overwrite), (wz, False)):
-            # row-by-row in numpy: ~7x faster than torch.cumsum over dim 0 (or the GEMM) here
+            # row by row (compiled): ~7x faster than torch.cumsum over dim 0 (or the GEMM) here
             a = t[s:].numpy() if own and t.is_contiguous() else t[s:].numpy().copy()
-            for k in range(1, a.shape[0]):
-                np.add(a[k], a[k - 1], out=a[k])
+            kernels.prefix_rows(a)
             C = torch.from_numpy(a)
             if not torch.equal(cnt, ar + 1):  # not query i seeing keys 0..i: pick each query's prefix
                 C = C.index_select(0, (cnt - 1).clamp_min(0)).masked_fill_((cnt == 0)[:, None], 0.0)
@@ -555,6 +534,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
     A, kv, Z, Y, rq, rk, rd, slot = L.A, L.kv, L.Z, L.Y, L.rq, L.rk, L.rd, L.slot
     Ut_all, S_all, Vt_all, F_all = L.tables
     Fh_all = cache.control_table(l, dtype, seed, Qs[0][l]) if (Qs is not None and rd) else None
+    safe_all = safe_singular_values(S_all) if Fh_all is not None else S_all  # S_all: a placeholder, unread
     if lh.qk_norm:
         Kn = L.K * lh.k_gain.to(dtype) / rk[..., None]  # the model's normed key
         Wz = Z / rk[..., None]  # key weight 1/rms(k_k) folded into z_k
@@ -562,13 +542,9 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
         Kn, Wz = L.K, Z
     dh = lh.head_dim
     halves = _duplicated_halves(cap.cos[l], cap.sin[l], rd) if rd else False
-    if rd:  # the model's rotations in dtype, and F's shared factor: F = G_k R_kᵀ Ṽ (svd.SVDCache._cores)
+    if rd:  # the model's rotations in dtype, and F's shared factor: F = G_k R_kᵀ Ṽ (svd.LayerFactors.GRkT)
         cos_l, sin_l = cap.cos[l].to(dtype), cap.sin[l].to(dtype)
-        f = cache.factors(l)
-        GRkT = f.R_k[f.kv_index].transpose(-1, -2)
-        if lh.qk_norm:
-            GRkT = lh.k_gain.double()[None, :, None] * GRkT
-        GRkT = GRkT.to(dtype)
+        GRkT = cache.factors(l).GRkT.to(dtype)
     sums: dict = {}  # (prompt, kv head) -> (N (n, e·dh), key features cs (n, e) or None, rotated keys (n, dh), zs (n, dh))
     for ii in _groups(idx, pairs, 1 << 30):
         b0, h0 = int(pairs.prompt[ii[0]]), int(pairs.head[ii[0]])
@@ -596,26 +572,31 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
             N, zs = _key_sums(vis, O, Wz[b0, g0], overwrite=bool(rd))  # with RoPE, O is our scratch
             sums[key] = (N, cs, krot, zs)
         N, cs, krot, zs = sums[key]
-        inv = torch.as_tensor(slot[ii])
+        slots = slot[ii]  # each pair's table row, read in place by the compiled loops (kernels)
+        inv = torch.as_tensor(slots)
         # one basis for the whole group (Δ=0 basis, no RoPE): one row, plain GEMMs, no gathers
         one = bool(inv.min() == inv.max())
         if one:
             inv = inv[:1]
-        # (P, dh, R) each, or (1, dh, R) for one basis; Ũ only for the paper control
-        S, Vt, F = (_rows(t, h0, inv) for t in (S_all, Vt_all, F_all))
-        Ut = _rows(Ut_all, h0, inv) if Qs is not None else None
+        # (P, dh, R) each, or (1, dh, R) for one basis (F only without RoPE; with it the loops read F)
+        S, Vt = (_rows(t, h0, inv) for t in (S_all, Vt_all))
         qh = A[b0, h0, i]  # (P, dh)
         if rd:
             qh = _rope(qh, cos_l[b0, i], sin_l[b0, i])
         e = 1 if cs is None else cs.shape[1]
         Mk = _bmm(_take(N, i).view(P, e, dh), Vt, one)  # (P, e, R): N_i ṽ_r
+        R = Mk.shape[2]
         if rd:  # Σ_k w_k λ_kᵀβ_k = Fᵀ X with X = D_qᵀ N_i Ṽ (the query side applied to Mk, no G formed)
-            X = _query_side(qh, Mk, rd, halves)  # (P, dh, R)
+            # one pass per pair: X, Σ_e F·X and (controls) X·diag(s) for the X D Q product below
+            tsum_raw = torch.empty(P, R, dtype=dtype)
+            XD = torch.empty((P, dh, R) if Qs is not None else (0, 0, 0), dtype=dtype)
+            kernels.query_side_sums(Mk.numpy(), F_all[h0].numpy(), slots, qh.numpy(), safe_all[h0].numpy(),
+                                    rd, halves, tsum_raw.numpy(), XD.numpy())
             qj = _rope(qh, cos_l[b0, j], sin_l[b0, j], inverse=True)
             # λ_jr = (R_jᵀ q̂)·F_r = ((R_jᵀ q̂) G_k R_kᵀ)·ṽ_r: through Ṽ with β below (F not read)
             wj = qj @ GRkT[h0]
         else:  # no RoPE: λ does not depend on the key (e = 1)
-            G = _bmm(qh[:, None, :], F, one)  # (P, 1, R)
+            G = _bmm(qh[:, None, :], _rows(F_all, h0, inv), one)  # (P, 1, R)
             lam_j = G[:, 0]
         zj = Z[b0, g0][j]  # (P, dh)
         # β at j, for the paper control Σ_visible β, and λ_j (RoPE): one pass over Ṽ
@@ -632,21 +613,20 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
             qs = torch.full((P,), lh.scale, dtype=dtype)
             nj = qs
         tj = nj[:, None] * lam_j * beta_j
-        tsum = qs[:, None] * (torch.linalg.vecdot(F, X, dim=1) if rd else (G * Mk)[:, 0])
+        tsum = qs[:, None] * (tsum_raw if rd else (G * Mk)[:, 0])
         c = _rel(tj, tsum, m)
         out.terms[ii] = tj.numpy()
         out.c[ii] = c.numpy()
         out.S[ii] = S.expand(P, -1).numpy()
         # gate: the model's logits of query i, recomputed basis-free, with eq. 1 at the analysed key
-        lg = qs[:, None] * (qh @ krot.T)  # (P, n)
+        # (kernels.gate_rows: the masked reductions of those rows and of their |summands|)
         lg_j = tj.sum(-1)
-        rel_row = lg[ar, j] - ((lg * vf).sum(-1) - lg[ar, j]) / (m - 1)
-        lg[ar, j] = lg_j
         att = cap.attn[l][b0, h0, i].to(dtype)
-        err_rel = (c.sum(-1) - rel_row).abs()
-        out.err[ii] = torch.maximum(_gate(lg, vrow, att), err_rel).numpy()
-        a_row = (qs.abs()[:, None] * (qh.abs() @ krot.abs().T)).masked_fill(~vrow, 0.0).amax(-1)
-        out.amax[ii] = torch.maximum(a_row, tj.abs().sum(-1)).numpy()
+        err, a_row = np.empty(P), np.empty(P)
+        kernels.gate_rows((qh @ krot.T).numpy(), (qh.abs() @ krot.abs().T).numpy(), qs.numpy(), vrow.numpy(),
+                          att.numpy(), j.numpy(), lg_j.numpy(), c.sum(-1).numpy(), err, a_row)
+        out.err[ii] = err
+        out.amax[ii] = np.maximum(a_row, tj.abs().sum(-1).numpy())
         out.logit[ii] = lg_j.numpy()
         out.att[ii] = att[ar, j].numpy()
         if Qs is not None:
@@ -658,13 +638,15 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
             # X D Q one GEMM over all pairs (Q is the head's)
             trj = nj[:, None] * ((lam_j / safe) @ Qb) * ((beta_j * safe) @ Qb)
             if rd:
-                Fh = _rows(Fh_all, h0, inv)
-                XQ = (X.mul_(safe[:, None, :]).view(P * dh, -1) @ Qb).view(P, dh, -1)
-                trsum = qs[:, None] * torch.linalg.vecdot(Fh, XQ, dim=1)
+                XQ = (XD.view(P * dh, -1) @ Qb).view(P, dh, -1)
+                trsum = torch.empty(P, R, dtype=dtype)
+                kernels.row_dots(XQ.numpy(), Fh_all[h0].numpy(), slots, trsum.numpy())
+                trsum.mul_(qs[:, None])
             else:  # K = Gᵀ Mk has rank 1 (e = 1)
                 trsum = qs[:, None] * ((G[:, 0] / safe) @ Qb) * ((Mk[:, 0] * safe) @ Qb)
             out.cr[ii] = _rel(trj, trsum, m).numpy()
-            mu = _bmm(Y[b0, h0, i][:, None, :], Ut, one)[:, 0]  # (P, R): u_rᵀ x̃_i
+            mu = torch.empty(P, R, dtype=dtype)  # u_rᵀ x̃_i, Ũ's rows read in place
+            kernels.row_vecmats(Y[b0, h0, i].numpy(), Ut_all[h0].numpy(), slots, mu.numpy())
             bj = nj[:, None] * beta_j
             bsum = qs[:, None] * beta_sum
             out.cp[ii] = ((mu @ Q1) * S * (_rel(bj, bsum, m) @ Q2)).numpy()
