@@ -454,6 +454,13 @@ def _key_features(cos, sin, rd: int, dh: int, halves: bool):
     return torch.cat([cos, ones, -sin], 1)
 
 
+def _rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, idx: np.ndarray, inverse: bool = False):
+    """:func:`_rope` of each row ``x[p]`` with the tables' row ``idx[p]`` (compiled, no gathers)."""
+    out = torch.empty_like(x)
+    kernels.rope_rows(x.contiguous().numpy(), cos.numpy(), sin.numpy(), idx, inverse, out.numpy())
+    return out
+
+
 def _bmm(a: torch.Tensor, b: torch.Tensor, one: bool) -> torch.Tensor:
     """``a @ b`` for a (P, k, d) and b (P, d, R), or b (1, d, R) shared by all P when ``one``:
     then one plain GEMM over the stacked rows of a."""
@@ -581,8 +588,9 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
         # (P, dh, R) each, or (1, dh, R) for one basis (F only without RoPE; with it the loops read F)
         S, Vt = (_rows(t, h0, inv) for t in (S_all, Vt_all))
         qh = A[b0, h0, i]  # (P, dh)
+        i_np, j_np = pairs.query_pos[ii], pairs.key_pos[ii]
         if rd:
-            qh = _rope(qh, cos_l[b0, i], sin_l[b0, i])
+            qh = _rope_rows(qh, cos_l[b0], sin_l[b0], i_np)
         e = 1 if cs is None else cs.shape[1]
         Mk = _bmm(_take(N, i).view(P, e, dh), Vt, one)  # (P, e, R): N_i ṽ_r
         R = Mk.shape[2]
@@ -592,7 +600,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
             XD = torch.empty((P, dh, R) if Qs is not None else (0, 0, 0), dtype=dtype)
             kernels.query_side_sums(Mk.numpy(), F_all[h0].numpy(), slots, qh.numpy(), safe_all[h0].numpy(),
                                     rd, halves, tsum_raw.numpy(), XD.numpy())
-            qj = _rope(qh, cos_l[b0, j], sin_l[b0, j], inverse=True)
+            qj = _rope_rows(qh, cos_l[b0], sin_l[b0], j_np, inverse=True)
             # λ_jr = (R_jᵀ q̂)·F_r = ((R_jᵀ q̂) G_k R_kᵀ)·ṽ_r: through Ṽ with β below (F not read)
             wj = qj @ GRkT[h0]
         else:  # no RoPE: λ does not depend on the key (e = 1)
@@ -601,7 +609,8 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
         zj = Z[b0, g0][j]  # (P, dh)
         # β at j, for the paper control Σ_visible β, and λ_j (RoPE): one pass over Ṽ
         rows = [zj] + ([zs[i]] if Qs is not None else []) + ([wj] if rd else [])
-        bb = _bmm(torch.stack(rows, 1), Vt, one)  # (P, 1-3, R)
+        bb = torch.empty(P, len(rows), R, dtype=dtype)  # (P, 1-3, R), Ṽ's rows read in place
+        kernels.row_vecmats(torch.stack(rows, 1).numpy(), Vt_all[h0].numpy(), slots, bb.numpy())
         beta_j = bb[:, 0]
         beta_sum = bb[:, 1] if Qs is not None else None
         if rd:
@@ -645,8 +654,9 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
             else:  # K = Gᵀ Mk has rank 1 (e = 1)
                 trsum = qs[:, None] * ((G[:, 0] / safe) @ Qb) * ((Mk[:, 0] * safe) @ Qb)
             out.cr[ii] = _rel(trj, trsum, m).numpy()
-            mu = torch.empty(P, R, dtype=dtype)  # u_rᵀ x̃_i, Ũ's rows read in place
-            kernels.row_vecmats(Y[b0, h0, i].numpy(), Ut_all[h0].numpy(), slots, mu.numpy())
+            mu = torch.empty(P, 1, R, dtype=dtype)  # u_rᵀ x̃_i, Ũ's rows read in place
+            kernels.row_vecmats(Y[b0, h0, i][:, None].numpy(), Ut_all[h0].numpy(), slots, mu.numpy())
+            mu = mu[:, 0]
             bj = nj[:, None] * beta_j
             bsum = qs[:, None] * beta_sum
             out.cp[ii] = ((mu @ Q1) * S * (_rel(bj, bsum, m) @ Q2)).numpy()

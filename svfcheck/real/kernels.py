@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["query_side_sums", "row_dots", "row_vecmats", "prefix_rows", "gate_rows"]
+__all__ = ["query_side_sums", "row_dots", "row_vecmats", "rope_rows", "prefix_rows", "gate_rows"]
 
 
 @njit(nogil=True, cache=True)
@@ -94,17 +94,38 @@ def row_dots(A, T, slots, out):  # pragma: no cover - compiled
 
 @njit(nogil=True, cache=True)
 def row_vecmats(y, T, slots, out):  # pragma: no cover - compiled
-    """``out[p, r] = Σ_d y[p, d] T[slots[p], d, r]`` (y: (P, D), T: (n_rows, D, R))."""
-    P, D = y.shape
+    """``out[p, k, r] = Σ_d y[p, k, d] T[slots[p], d, r]`` (y: (P, K, D), T: (n_rows, D, R),
+    out: (P, K, R)): K row vectors per pair times the pair's table row, read once."""
+    P, K, D = y.shape
     R = T.shape[2]
     for p in range(P):
         t = slots[p]
-        for r in range(R):
-            out[p, r] = 0.0
-        for d in range(D):
-            yd = y[p, d]
+        for k in range(K):
             for r in range(R):
-                out[p, r] += yd * T[t, d, r]
+                out[p, k, r] = 0.0
+        for d in range(D):
+            for k in range(K):
+                yd = y[p, k, d]
+                for r in range(R):
+                    out[p, k, r] += yd * T[t, d, r]
+
+
+@njit(nogil=True, cache=True)
+def rope_rows(x, cos, sin, idx, inverse, out):  # pragma: no cover - compiled
+    """``out[p] = R(idx[p]) x[p]`` (``inverse``: its transpose), the model's rotate-half RoPE
+    on the first ``rd = cos.shape[1]`` dims with the captured tables' row ``idx[p]``:
+    ``x[:rd]·cos + sgn·rot_half(x)·sin``, the other dims copied (x, out: (P, d_h))."""
+    P, dh = x.shape
+    rd = cos.shape[1]
+    h = rd // 2
+    sgn = -1.0 if inverse else 1.0
+    for p in range(P):
+        t = idx[p]
+        for a in range(rd):
+            ra = -x[p, a + h] if a < h else x[p, a - h]
+            out[p, a] = x[p, a] * cos[t, a] + (sgn * ra) * sin[t, a]
+        for a in range(rd, dh):
+            out[p, a] = x[p, a]
 
 
 @njit(nogil=True, cache=True)

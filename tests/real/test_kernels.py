@@ -99,10 +99,32 @@ def test_row_dots_and_vecmats_read_each_pairs_table_row(dtype):
     kernels.row_dots(n(A), n(Tab), slots, got)
     ref = (Tab[slots] * A).sum(1)
     np.testing.assert_array_less(np.abs(got - ref.numpy()), (4 * DH * u * (Tab[slots] * A).abs().sum(1)).numpy())
-    kernels.row_vecmats(n(y), n(Tab), slots, got)
-    ref = torch.einsum("pd,pdr->pr", y, Tab[slots])
-    bound = 4 * DH * u * torch.einsum("pd,pdr->pr", y.abs(), Tab[slots].abs())
-    np.testing.assert_array_less(np.abs(got - ref.numpy()), bound.numpy())
+    Y = torch.stack([y, y.flip(0), -2 * y], 1)  # K = 3 row vectors per pair
+    got3 = np.empty((P, 3, R), dtype=got.dtype)
+    kernels.row_vecmats(n(Y), n(Tab), slots, got3)
+    ref = torch.einsum("pkd,pdr->pkr", Y, Tab[slots])
+    bound = 4 * DH * u * torch.einsum("pkd,pdr->pkr", Y.abs(), Tab[slots].abs())
+    np.testing.assert_array_less(np.abs(got3 - ref.numpy()), bound.numpy())
+
+
+@pytest.mark.parametrize("rd", [8, 4])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_rope_rows_is_the_models_rotation_of_each_row(rd, inverse):
+    from svfcheck.real.decompose import _rope
+
+    g = torch.Generator().manual_seed(4)
+    n = 9
+    x = torch.randn(P, DH, generator=g, dtype=torch.float64)
+    ang = torch.rand(n, rd // 2, generator=g, dtype=torch.float64) * 6
+    cos, sin = torch.cat([ang.cos(), ang.cos()], 1), torch.cat([ang.sin(), ang.sin()], 1)
+    idx = np.array([8, 0, 3, 3, 5, 1], dtype=np.int64)
+    out = np.empty((P, DH))
+    kernels.rope_rows(x.numpy(), cos.numpy(), sin.numpy(), idx, inverse, out)
+    np.testing.assert_array_equal(out, _rope(x, cos[idx], sin[idx], inverse=inverse).numpy())
+    # and it is a rotation: the inverse undoes it
+    back = np.empty((P, DH))
+    kernels.rope_rows(out, cos.numpy(), sin.numpy(), idx, not inverse, back)
+    np.testing.assert_allclose(back, x.numpy(), rtol=0, atol=1e-14)
 
 
 def test_prefix_rows_is_the_row_by_row_cumulative_sum():
