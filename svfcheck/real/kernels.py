@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["query_side_sums", "row_dots", "row_vecmats", "rope_rows", "prefix_rows", "gate_rows"]
+__all__ = ["query_side_sums", "slot_group_sums", "row_dots", "row_vecmats", "rope_rows", "prefix_rows", "gate_rows"]
 
 
 @njit(nogil=True, cache=True)
@@ -197,3 +197,77 @@ def gate_rows(LG, LA, qs, vis, att, j, lg_j, csum, err, amax):  # pragma: no cov
                     e = d
         err[p] = nan if bad else e
         amax[p] = nan if bad else am
+
+
+@njit(nogil=True, cache=True)
+def _contract(M, F, t, q, p, rd, halves, out, o):  # pragma: no cover - compiled
+    """``out[o, r] = Σ_a F[t, a, r] X[a, r]`` with ``X = D_q(q[p])ᵀ M`` (the query side of
+    :func:`query_side_sums`, same row layouts), M: (e, R)."""
+    R = M.shape[1]
+    dh = q.shape[1]
+    h = rd // 2
+    for r in range(R):
+        out[o, r] = 0.0
+    if halves:
+        o_s = h + dh - rd
+        for a in range(h):
+            qa = q[p, a]
+            qb = q[p, a + h]
+            for r in range(R):
+                mc = M[a, r]
+                ms = M[o_s + a, r]
+                out[o, r] += F[t, a, r] * (qa * mc - qb * ms) + F[t, a + h, r] * (qb * mc + qa * ms)
+        for a in range(rd, dh):
+            qa = q[p, a]
+            for r in range(R):
+                out[o, r] += F[t, a, r] * (qa * M[h + a - rd, r])
+    else:
+        for a in range(rd):
+            qa = q[p, a]
+            qr = -q[p, a + h] if a < h else q[p, a - h]
+            for r in range(R):
+                out[o, r] += F[t, a, r] * (qa * M[a, r] + qr * M[dh + a, r])
+        for a in range(rd, dh):
+            qa = q[p, a]
+            for r in range(R):
+                out[o, r] += F[t, a, r] * (qa * M[a, r])
+
+
+@njit(nogil=True, cache=True)
+def slot_group_sums(BB, cs, s0, ptr, order, last, q, F, Fh, tslots, rd, halves, tsum, trsum):  # pragma: no cover
+    """The key sums of pairs that share a basis, by prefix over the keys in that basis.
+
+    For every group g of pairs with one table row ``tslots[g]`` (pairs ``order[ptr[g]:ptr[g+1]]``
+    by ascending last visible key), ``Mk_p = Σ_{k = s0}^{last[p]} cs_k ⊗ β_gk`` with
+    ``β_gk = BB[k, 0, g]`` (the key's weighted z_k through the group's Ṽ) is accumulated key by
+    key as the group's queries advance — 2·e·R operations per key instead of e·d_h·R per pair
+    — and ``tsum[p] = Σ_e F·(D_q Mk_p)`` as in :func:`query_side_sums`. With ``BB.shape[1] == 2``
+    also ``trsum[p] = Σ_e F̂·(D_q M̂k_p)`` from ``β̂_gk = BB[k, 1, g]`` (through ``Ṽ D Q``: the
+    basis control's ``X D Q``). Requires every query to see the keys s0..last (a prefix mask)."""
+    G = BB.shape[2]
+    K = BB.shape[1]
+    R = BB.shape[3]
+    e = cs.shape[1]
+    acc1 = np.empty((e, R), BB.dtype)
+    acc2 = np.empty((e, R), BB.dtype)
+    for g in range(G):
+        acc1[:, :] = 0.0
+        acc2[:, :] = 0.0
+        k = s0
+        t = tslots[g]
+        for ix in range(ptr[g], ptr[g + 1]):
+            p = order[ix]
+            while k <= last[p]:
+                for a in range(e):
+                    c = cs[k, a]
+                    for r in range(R):
+                        acc1[a, r] += c * BB[k, 0, g, r]
+                if K == 2:
+                    for a in range(e):
+                        c = cs[k, a]
+                        for r in range(R):
+                            acc2[a, r] += c * BB[k, 1, g, r]
+                k += 1
+            _contract(acc1, F, t, q, p, rd, halves, tsum, p)
+            if K == 2:
+                _contract(acc2, Fh, t, q, p, rd, halves, trsum, p)

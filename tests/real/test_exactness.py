@@ -408,15 +408,29 @@ def test_core_lookup_after_growth_equals_a_fresh_lookup(setup):
 ROUTE_ARCHS = ("gpt_neox", "llama", "mistral", "qwen2", "gemma3_text")
 
 
+@pytest.mark.parametrize("slot_min", [1, 10**9])
 @pytest.mark.parametrize("basis", ["pair", "zero"])
 @pytest.mark.parametrize("arch", ROUTE_ARCHS + ("gpt2", "bert"))
-def test_summed_route_equals_per_key_route(arch, basis, setup):
+def test_summed_route_equals_per_key_route(arch, basis, slot_min, setup, monkeypatch):
     """Same terms, relative contributions, both controls and gate (to float64 rounding: 1e-12 of
     the largest term) whether the other keys' terms are formed one by one or summed first.
-    RoPE-free gpt2/bert go through the same route with ``method="general"`` (e = 1)."""
+    RoPE-free gpt2/bert go through the same route with ``method="general"`` (e = 1). The summed
+    route's two ways to the key sums of RoPE layers are forced one at a time: ``slot_min=1``
+    sends every pair of a prefix mask through the per-basis prefix accumulation
+    (kernels.slot_group_sums), ``10**9`` none."""
+    import svfcheck.real.decompose as dec
+    from svfcheck.real import kernels
+
+    monkeypatch.setattr(dec, "_SLOT_GROUP_MIN", slot_min)
+    calls = []
+    orig = kernels.slot_group_sums
+    monkeypatch.setattr(kernels, "slot_group_sums", lambda *a: (calls.append(a[0].shape[2]), orig(*a)))
     _, heads, cap, pairs = setup(arch)
     kw = dict(basis=basis, seed=5, method="general")
     a = decompose(heads, cap, pairs, **kw)
+    prefix = any(dec._prefix_run(cap.visible[l][b]) is not None for l, lh in enumerate(heads.layers)
+                 if lh.rotary is not None for b in range(cap.token_mask.shape[0]))
+    assert bool(calls) == (slot_min == 1 and prefix), len(calls)
     b = decompose(heads, cap, pairs, per_key=True, **kw)
     scale = np.abs(b.terms).max()
     for f in ("terms", "contributions", "contributions_rotated", "contributions_paper_control", "logit", "singular_values"):
