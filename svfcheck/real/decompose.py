@@ -17,7 +17,9 @@ Other layers (RoPE, QK-norm) take the *summed* route by default: what is reporte
 other keys only through ``Σ_k t_r(i, k)``, which is bilinear in key-side data and so is summed
 over keys before the pair's basis is applied (:func:`_summed_layer`); ``per_key=True`` forms
 every key's d_h terms instead (:func:`_general_layer`; also used for ``keep_key_terms``).
-Both give the same numbers to rounding (tested); the summed route is ~2.5× cheaper on SmolLM2.
+Both give the same numbers to rounding (tested); the summed route is ~3.5× cheaper on SmolLM2
+(its per-pair loops compiled, :mod:`svfcheck.real.kernels`; pairs sharing a basis with many
+others in their (prompt, head) sum their keys in that basis once, :func:`_rotary_sums`).
 
 Rotation controls (seeded, one Haar matrix per (layer, head) for each control):
 (a) basis control — left ``x̃_iᵀ U Q``, right ``Qᵀ S Vᵀ x̃_k`` (same totals);

@@ -7,15 +7,17 @@ threads are many times slower (SmolLM2, 30 layers × 128 Δ × 9 heads: 131.8 s 
 on several cores at once through :func:`batched_svd`: the batch is cut into one contiguous
 chunk per core and each chunk runs single-threaded in its own Python thread (torch releases the
 GIL), so there is no per-matrix synchronisation to suffer from busy cores, and the results are
-bit-identical to one call (each matrix's SVD is computed alone; tested). Measured: 1,152 SVDs
-of 64×64 in 0.78 s on one thread, 0.44 s on two. :func:`batched_map` is the general form: the
+bit-identical to one call (each matrix's SVD is computed alone; tested). Measured (SmolLM2,
+all 34,560 cores of 128-token prompts, certified Gram route, 2 cores): ≈ 22 s, about 0.63 ms
+per core (benchmarks/README.md). :func:`batched_map` is the general form: the
 cache runs each chunk's SVD together with its per-matrix follow-up (sign convention, key-side
 factor) on the same worker, so that work is spread over the cores too; with ``out=`` it feeds
 each chunk in small blocks and writes into preallocated tables (no chunk-sized temporaries,
 whose fresh pages cost about a third of the table build). The decomposition proper is a few
-GEMMs and many mid-sized elementwise ops per (prompt, head): :func:`parallel_map` runs its
-layers side by side, one thread each (warm SmolLM2 prompt on 2 free cores: 1.9 s, against
-2.35 s for one stream on 2 intra-op threads and 3.3 s on one), and
+GEMMs and compiled per-pair loops (which release the GIL) per (prompt, head):
+:func:`parallel_map` runs its layers side by side, one thread each (measured before the loops
+were compiled, warm SmolLM2 prompt on 2 free cores: 1.9 s, against 2.35 s for one stream on 2
+intra-op threads and 3.3 s on one; on this 2-vCPU machine two workers give about 1.5×), and
 :func:`~svfcheck.real.decompose.decompose` takes ``threads=`` (how many side by side).
 """
 
