@@ -25,6 +25,39 @@ __all__ = ["query_side_sums", "slot_group_sums", "row_dots", "row_vecmats", "rop
 
 
 @njit(nogil=True, cache=True)
+def _query_x(M, q, p, rd, halves, x):  # pragma: no cover - compiled
+    """``x = D_q(q[p])ᵀ M`` (d_h × R) for one pair's key-sum matrix M (e × R), in the row layouts
+    of :func:`query_side_sums`; the one place this formula is written."""
+    R = M.shape[1]
+    dh = q.shape[1]
+    h = rd // 2
+    if halves:
+        o_s = h + dh - rd  # first −sin row
+        for a in range(h):
+            qa = q[p, a]
+            qb = q[p, a + h]
+            for r in range(R):
+                mc = M[a, r]
+                ms = M[o_s + a, r]
+                x[a, r] = qa * mc - qb * ms
+                x[a + h, r] = qb * mc + qa * ms
+        for a in range(rd, dh):
+            qa = q[p, a]
+            for r in range(R):
+                x[a, r] = qa * M[h + a - rd, r]
+    else:
+        for a in range(rd):
+            qa = q[p, a]
+            qr = -q[p, a + h] if a < h else q[p, a - h]  # rot_half(q)[a]
+            for r in range(R):
+                x[a, r] = qa * M[a, r] + qr * M[dh + a, r]
+        for a in range(rd, dh):
+            qa = q[p, a]
+            for r in range(R):
+                x[a, r] = qa * M[a, r]
+
+
+@njit(nogil=True, cache=True)
 def query_side_sums(Mk, F, slots, q, safe, rd, halves, tsum, XD):  # pragma: no cover - compiled
     """For every pair p (table row ``t = slots[p]``): ``X = D_q(q_p)ᵀ Mk[p]`` (d_h × R), the
     query side of the key sums (see ``decompose._query_side``: per rotary pair of dims
@@ -39,40 +72,11 @@ def query_side_sums(Mk, F, slots, q, safe, rd, halves, tsum, XD):  # pragma: no 
     P = Mk.shape[0]
     R = Mk.shape[2]
     dh = q.shape[1]
-    h = rd // 2
     want_xd = XD.shape[0] > 0
     x = np.empty((dh, R), Mk.dtype)
     for p in range(P):
         t = slots[p]
-        if halves:
-            o_s = h + dh - rd  # first −sin row
-            for a in range(h):
-                qa = q[p, a]
-                qb = q[p, a + h]
-                for r in range(R):
-                    mc = Mk[p, a, r]
-                    ms = Mk[p, o_s + a, r]
-                    x[a, r] = qa * mc - qb * ms
-                    x[a + h, r] = qb * mc + qa * ms
-            for a in range(rd, dh):
-                qa = q[p, a]
-                for r in range(R):
-                    x[a, r] = qa * Mk[p, h + a - rd, r]
-        else:
-            for a in range(rd):
-                qa = q[p, a]
-                qr = -q[p, a + h] if a < h else q[p, a - h]  # rot_half(q)[a]
-                for r in range(R):
-                    x[a, r] = qa * Mk[p, a, r] + qr * Mk[p, dh + a, r]
-            for a in range(rd, dh):
-                qa = q[p, a]
-                for r in range(R):
-                    x[a, r] = qa * Mk[p, a, r]
-        for r in range(R):
-            tsum[p, r] = 0.0
-        for a in range(dh):
-            for r in range(R):
-                tsum[p, r] += F[t, a, r] * x[a, r]
+        _contract(Mk[p], F, t, q, p, rd, halves, x, tsum, p)  # leaves X in x
         if want_xd:
             for a in range(dh):
                 for r in range(R):
@@ -200,37 +204,15 @@ def gate_rows(LG, LA, qs, vis, att, j, lg_j, csum, err, amax):  # pragma: no cov
 
 
 @njit(nogil=True, cache=True)
-def _contract(M, F, t, q, p, rd, halves, out, o):  # pragma: no cover - compiled
-    """``out[o, r] = Σ_a F[t, a, r] X[a, r]`` with ``X = D_q(q[p])ᵀ M`` (the query side of
-    :func:`query_side_sums`, same row layouts), M: (e, R)."""
-    R = M.shape[1]
-    dh = q.shape[1]
-    h = rd // 2
-    for r in range(R):
+def _contract(M, F, t, q, p, rd, halves, x, out, o):  # pragma: no cover - compiled
+    """``out[o, r] = Σ_a F[t, a, r] X[a, r]`` with ``X = D_q(q[p])ᵀ M`` (:func:`_query_x`, into
+    the scratch ``x``), M: (e, R)."""
+    _query_x(M, q, p, rd, halves, x)
+    for r in range(x.shape[1]):
         out[o, r] = 0.0
-    if halves:
-        o_s = h + dh - rd
-        for a in range(h):
-            qa = q[p, a]
-            qb = q[p, a + h]
-            for r in range(R):
-                mc = M[a, r]
-                ms = M[o_s + a, r]
-                out[o, r] += F[t, a, r] * (qa * mc - qb * ms) + F[t, a + h, r] * (qb * mc + qa * ms)
-        for a in range(rd, dh):
-            qa = q[p, a]
-            for r in range(R):
-                out[o, r] += F[t, a, r] * (qa * M[h + a - rd, r])
-    else:
-        for a in range(rd):
-            qa = q[p, a]
-            qr = -q[p, a + h] if a < h else q[p, a - h]
-            for r in range(R):
-                out[o, r] += F[t, a, r] * (qa * M[a, r] + qr * M[dh + a, r])
-        for a in range(rd, dh):
-            qa = q[p, a]
-            for r in range(R):
-                out[o, r] += F[t, a, r] * (qa * M[a, r])
+    for a in range(x.shape[0]):
+        for r in range(x.shape[1]):
+            out[o, r] += F[t, a, r] * x[a, r]
 
 
 @njit(nogil=True, cache=True)
@@ -250,6 +232,7 @@ def slot_group_sums(BB, cs, s0, ptr, order, last, q, F, Fh, tslots, rd, halves, 
     e = cs.shape[1]
     acc1 = np.empty((e, R), BB.dtype)
     acc2 = np.empty((e, R), BB.dtype)
+    x = np.empty((q.shape[1], R), BB.dtype)
     for g in range(G):
         acc1[:, :] = 0.0
         acc2[:, :] = 0.0
@@ -268,6 +251,6 @@ def slot_group_sums(BB, cs, s0, ptr, order, last, q, F, Fh, tslots, rd, halves, 
                         for r in range(R):
                             acc2[a, r] += c * BB[k, 1, g, r]
                 k += 1
-            _contract(acc1, F, t, q, p, rd, halves, tsum, p)
+            _contract(acc1, F, t, q, p, rd, halves, x, tsum, p)
             if K == 2:
-                _contract(acc2, Fh, t, q, p, rd, halves, trsum, p)
+                _contract(acc2, Fh, t, q, p, rd, halves, x, trsum, p)
