@@ -78,8 +78,9 @@ def reconstruction_count(c: np.ndarray, total: np.ndarray | float | None = None,
     tot = c.sum(axis=-1) if total is None else np.broadcast_to(np.asarray(total, dtype=np.float64), c.shape[:-1])
     if np.any(tot <= 0):
         raise ValueError("reconstruction_count needs a positive total (relative attention > 0)")
-    s = -np.sort(-c, axis=-1)
-    partial = np.cumsum(s, axis=-1)
+    s = np.negative(c)  # the terms descending, negated: sorted in place (no second copy)
+    s.sort(axis=-1)
+    partial = np.negative(np.cumsum(s, axis=-1), out=s)  # negation is exact: the sums of the descending terms
     slack = rtol * np.abs(c).sum(axis=-1)
     reached = partial >= (tot - slack)[..., None]
     r = c.shape[-1]

@@ -224,6 +224,28 @@ class _Out:
         self.cr = z(P, R) if controls else None
         self.cp = z(P, R) if controls else None
         self.key_terms: list | None = [None] * P if keep else None
+        # per-pair metrics of the contributions, filled by :meth:`metrics`
+        self.rel, self.rt = z(P), z(P)
+        self.k = np.full(P, -1, dtype=np.int64)
+        self.kr = np.full(P, -1, dtype=np.int64) if controls else None
+        self.rtr = z(P) if controls else None
+        self.rtp = z(P) if controls else None
+
+    def metrics(self, rows: np.ndarray) -> None:
+        """Relative attention, k and Rolls–Tovee S (SVD basis and controls) of ``rows``, once their
+        contributions are in: row by row, so any split of the pairs gives the same values. k is
+        defined only where relative attention is positive (-1 elsewhere)."""
+        c = self.c[rows]
+        rel = self.rel[rows] = c.sum(-1)
+        pos = rel > 0
+        if pos.any():
+            self.k[rows[pos]] = reconstruction_count(c[pos])
+        self.rt[rows] = _rt(c)
+        if self.cr is not None:
+            cr = self.cr[rows]
+            if pos.any():
+                self.kr[rows[pos]] = reconstruction_count(cr[pos], rel[pos])
+            self.rtr[rows], self.rtp[rows] = _rt(cr), _rt(self.cp[rows])
 
 
 def _gate(logits: torch.Tensor, vis: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -766,16 +788,36 @@ def _control_rotations(heads: ModelHeads, seed: int, dtype) -> tuple:
     return _ROTATIONS[key]
 
 
-def _visible_keys(cap: Capture, pairs: Pairs) -> list[np.ndarray]:
-    """Per pair, the key positions visible to its query (ascending)."""
+def _visible_keys(cap: Capture, pairs: Pairs) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per pair, the key positions visible to its query (ascending), and their counts.
+
+    Where a (layer, prompt) mask is a prefix run (:func:`_prefix_run`: causal attention, also
+    padded) each pair's keys are a read-only view of one shared ``arange`` (34k pairs of a
+    SmolLM2 prompt: ~10 ms instead of ~110 ms for one array each); other masks (sliding
+    windows, arbitrary) take their own array per pair."""
     keys: list = [None] * len(pairs)
+    n_keys = np.zeros(len(pairs), dtype=np.int64)
+    ar = np.arange(cap.token_mask.shape[1])
+    ar.flags.writeable = False
     for l in np.unique(pairs.layer):
-        sel = np.flatnonzero(pairs.layer == l)
-        rows = cap.visible[int(l)][pairs.prompt[sel], pairs.query_pos[sel]].numpy()  # (p, n)
-        r, c = np.nonzero(rows)
-        for q, ks in zip(sel, np.split(c, np.cumsum(rows.sum(1))[:-1])):
-            keys[q] = ks
-    return keys
+        sel_l = np.flatnonzero(pairs.layer == l)
+        for b in np.unique(pairs.prompt[sel_l]):
+            sel = sel_l[pairs.prompt[sel_l] == b]
+            vis = cap.visible[int(l)][int(b)]
+            run = _prefix_run(vis)
+            if run is not None:
+                s, cnt = run[0], run[1].numpy()
+                for q, c in zip(sel.tolist(), cnt[pairs.query_pos[sel]].tolist()):
+                    keys[q] = ar[s : s + c]
+                n_keys[sel] = cnt[pairs.query_pos[sel]]
+                continue
+            rows = vis[pairs.query_pos[sel]].numpy()  # (p, n)
+            r, c = np.nonzero(rows)
+            cnt = rows.sum(1)
+            for q, ks in zip(sel, np.split(c, np.cumsum(cnt)[:-1])):
+                keys[q] = ks
+            n_keys[sel] = cnt
+    return keys, n_keys
 
 
 def decompose(
@@ -859,38 +901,28 @@ def decompose(
                     _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk)
                 else:
                     _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed)
+                out.metrics(idx)  # per row: here, on the layer's worker, instead of after all layers
 
         parallel_map(run, plan, workers=threads)
-    keys = _visible_keys(cap, pairs)
-    rel = out.c.sum(-1)
-    pos = rel > 0
-    k = np.full(P, -1, dtype=np.int64)
-    if pos.any():
-        k[pos] = reconstruction_count(out.c[pos])
-    kr = rtr = rtp = None
-    if controls:
-        kr = np.full(P, -1, dtype=np.int64)
-        if pos.any():
-            kr[pos] = reconstruction_count(out.cr[pos], rel[pos])
-        rtr, rtp = _rt(out.cr), _rt(out.cp)
+    keys, n_keys = _visible_keys(cap, pairs)
     return Decomposition(
         pairs=pairs,
         basis=basis,
         attention=out.att,
         logit=out.logit,
-        relative_attention=rel,
+        relative_attention=out.rel,
         terms=out.terms,
         contributions=out.c,
         singular_values=out.S,
-        n_keys=np.array([len(x) for x in keys]),
+        n_keys=n_keys,
         keys=tuple(keys),
-        rolls_tovee=_rt(out.c),
-        k=k,
+        rolls_tovee=out.rt,
+        k=out.k,
         contributions_rotated=out.cr,
-        rolls_tovee_rotated=rtr,
-        k_rotated=kr,
+        rolls_tovee_rotated=out.rtr,
+        k_rotated=out.kr,
         contributions_paper_control=out.cp,
-        rolls_tovee_paper_control=rtp,
+        rolls_tovee_paper_control=out.rtp,
         reconstruction_error=out.err,
         max_reconstruction_error=float(out.err.max()),
         key_terms=None if out.key_terms is None else tuple(out.key_terms),

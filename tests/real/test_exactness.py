@@ -196,6 +196,30 @@ def test_keys_follow_the_sliding_window_and_padding(setup):
     assert set(d.n_keys[pairs.prompt == 0]) == {16} and set(d.n_keys[pairs.prompt == 1]) == {13}
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_keys_are_the_visible_row_and_read_only(arch, setup):
+    """Every pair's ``keys`` is its query's visible row of the captured mask. Prefix masks share
+    one ``arange`` among pairs, so those views must be read-only; arrays a caller may write
+    into must not overlap another pair's keys."""
+    _, heads, cap, pairs = setup(arch)
+    d = decompose(heads, cap, pairs, controls=False)
+    for p in range(len(pairs)):
+        row = cap.visible[pairs.layer[p]][pairs.prompt[p], pairs.query_pos[p]].numpy()
+        np.testing.assert_array_equal(d.keys[p], np.flatnonzero(row))
+        assert d.n_keys[p] == row.sum()
+        k = d.keys[p]
+        if k.flags.writeable:
+            assert not any(np.shares_memory(k, d.keys[q]) for q in (p - 1, p + 1) if 0 <= q < len(pairs))
+        else:
+            with pytest.raises(ValueError, match="read-only"):
+                k[0] = -1
+        # shared views exactly where every query of the (layer, prompt) sees a run from one common key
+        vis = cap.visible[pairs.layer[p]][pairs.prompt[p]].numpy()
+        runs = [np.flatnonzero(r) for r in vis if r.any()]
+        prefix = all(len(r) == r[-1] - r[0] + 1 and r[0] == runs[0][0] for r in runs)
+        assert k.flags.writeable != prefix
+
+
 # ---------- negative controls: each mishandled feature must be caught by the gate ----------
 
 
