@@ -357,8 +357,10 @@ def _prepare_layer(lh, l, idx, pairs, cap, cache, Qs, dtype, basis, seed, route)
     cache.factors(l)
     d, span = _pair_offsets(cap, l, cap.positions, pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx],
                             basis, lh.rotary is not None)
-    cache.core_lookup(l, d, dtype, heads=pairs.head[idx], span=span)
-    if route == "summed" and Qs is not None and lh.rotary is not None:
+    ctl = route == "summed" and Qs is not None and lh.rotary is not None
+    # new entries come converted to dtype and, for the summed route's basis control, with F̂
+    cache.core_lookup(l, d, dtype, heads=pairs.head[idx], span=span, control=(seed, Qs[0][l]) if ctl else None)
+    if ctl:
         cache.control_table(l, dtype, seed, Qs[0][l])
 
 

@@ -362,12 +362,18 @@ class SVDCache:
             self._basis[layer] = (U, S, V)
         return self._basis[layer]
 
-    def _ensure(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None) -> _CoreTable:
+    def _ensure(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None, dtype=None, control=None) -> _CoreTable:
         """The layer's table with the (head, Δ) entries ``(hs, ds)`` computed (only those not
         yet there, in one batched call). The offset range first grows, in one copy of the
         computed entries, to cover ``ds`` and ``span`` (lo, hi) — ``span`` only allocates: a
         prompt's whole visible-offset range at once, so later prompts of that length never grow
-        (and copy) the table again."""
+        (and copy) the table again.
+
+        The new entries are written, by the workers that compute them, into the float64 table
+        and into every converted copy the table has (``dtype``: make sure it has that one), and
+        with ``control = (key, Q)`` into ``dtype``'s basis-control table for ``key`` (see
+        :meth:`control_table`): each entry goes through memory once, while in cache, on all
+        cores, instead of being converted and multiplied afterwards in the caller's thread."""
         lh = self.heads.layer(layer)
         H, dh = lh.n_heads, lh.head_dim
         tab = self._core.get(layer)
@@ -387,26 +393,45 @@ class SVDCache:
                 for a, b in zip(grown.arrays(), tab.arrays()):
                     a[h, t + s] = b[h, t]
             tab = self._core[layer] = grown
+        dtype = torch.float64 if dtype is None else dtype
+        if dtype != torch.float64 and dtype not in tab.conv:
+            tab.conv[dtype] = (tuple(torch.empty(a.shape, dtype=dtype) for a in tab.arrays()),
+                               torch.zeros_like(tab.filled))
+        ctl = None
+        if control is not None:
+            key, Q = control
+            ctl = tab.ctl.get(dtype)
+            if ctl is None or ctl[0] != key:
+                ctl = tab.ctl[dtype] = [key, torch.empty(tab.F.shape, dtype=dtype), torch.zeros_like(tab.filled)]
         need = torch.zeros(H, tab.T, dtype=torch.bool)
         need[torch.as_tensor(hs, dtype=torch.int64), torch.as_tensor(ds - tab.lo)] = True
         need &= ~tab.filled
         if bool(need.any()):
             h, t = torch.nonzero(need, as_tuple=True)  # head-major order
-            new = self._core_rows(layer, h, t.numpy() + tab.lo)
-            rows = h * tab.T + t
-            for a, b in zip(tab.arrays(), new):
-                a.view(H * tab.T, -1).index_copy_(0, rows, b.reshape(len(rows), -1))
+            sinks = [tab.arrays()] + [arrays for arrays, _ in tab.conv.values()]
+            fh = None if ctl is None else (ctl[1], Q.to(dtype))
+            self._core_rows(layer, h, t.numpy() + tab.lo, into=(h * tab.T + t, sinks, fh))
             tab.filled |= need
+            for _, have in tab.conv.values():
+                have |= need
+            if ctl is not None:
+                ctl[2] |= need
         return tab
 
-    def _core_rows(self, layer: int, hs: torch.Tensor, ds: np.ndarray) -> tuple:
+    def _core_rows(self, layer: int, hs: torch.Tensor, ds: np.ndarray, into=None) -> tuple | None:
         """``(Ũ, S, Ṽ, F)`` float64 of the cores of heads ``hs`` at offsets ``ds`` (one row each).
 
         Thousands of d_h×d_h SVDs (:func:`core_svd`): through
         :func:`~svfcheck.real.threads.batched_map` (one intra-op thread each, one contiguous
         chunk per core), each chunk in blocks of :data:`_CORE_BLOCK` cores that are formed,
         decomposed, sign-fixed and multiplied into ``F`` while in cache and written straight into
-        the output — all per-matrix work, so the result does not depend on the chunking."""
+        the output — all per-matrix work, so the result does not depend on the chunking.
+
+        ``into = (rows, sinks, control)``: instead of returning them, write the results at the
+        flat rows ``rows`` (head·T + t) of each table in ``sinks`` (tuples of (H, T, ...) tables
+        ``(Ũ, S, Ṽ, F)``, each converted to its tables' dtype) and, with ``control = (F̂, Q)``,
+        ``F̂ = F diag(1/s) Q[h]`` in ``F̂``'s dtype (the same operations as
+        :meth:`control_table`, so the same values)."""
         lh = self.heads.layer(layer)
         f = self.factors(layer)
         dh = f.R_q.shape[-1]
@@ -423,10 +448,28 @@ class SVDCache:
             Ut, Vt = sign_fix(Ut, Vt)
             return Ut, S, Vt, f.GRkT[hc] @ Vt
 
-        e, dt = torch.empty, f.R_q.dtype
-        out = (e(n, dh, dh, dtype=dt), e(n, dh, dtype=dt), e(n, dh, dh, dtype=dt), e(n, dh, dh, dtype=dt))
-        return batched_map(one, torch.as_tensor(hs, dtype=torch.int64), torch.as_tensor(off.reshape(-1)),
-                           out=out, block=_CORE_BLOCK)
+        hs = torch.as_tensor(hs, dtype=torch.int64)
+        off = torch.as_tensor(off.reshape(-1))
+        if into is None:
+            e, dt = torch.empty, f.R_q.dtype
+            out = (e(n, dh, dh, dtype=dt), e(n, dh, dtype=dt), e(n, dh, dh, dtype=dt), e(n, dh, dh, dtype=dt))
+            return batched_map(one, hs, off, out=out, block=_CORE_BLOCK)
+        rows, sinks, control = into
+
+        def write(hc, oc, rc):  # disjoint rows per block: the workers never write the same entry
+            res = one(hc, oc)
+            for tables in sinks:
+                vals = tuple(x.to(tables[0].dtype) for x in res)
+                for a, v in zip(tables, vals):
+                    a.view(-1, v[0].numel()).index_copy_(0, rc, v.reshape(len(rc), -1))
+                if control is not None and control[0].dtype == tables[0].dtype:
+                    Fh, Q = control
+                    _, S, _, F = vals
+                    Fh.view(-1, dh * dh).index_copy_(0, rc, ((F / safe_singular_values(S)[:, None, :]) @ Q[hc]).reshape(len(rc), -1))
+            return ()
+
+        batched_map(write, hs, off, torch.as_tensor(rows), out=(), block=_CORE_BLOCK)
+        return None
 
     def _cores(self, layer: int, deltas: np.ndarray) -> tuple:
         """``(Ũ, S, Ṽ, F)`` of every head at ``deltas``, head-major (H, n_Δ, ...), computed
@@ -447,13 +490,15 @@ class SVDCache:
         ix = torch.as_tensor(deltas - tab.lo)
         return tuple(t.index_select(1, ix).transpose(0, 1).contiguous() for t in (tab.Ut, tab.S, tab.Vt))
 
-    def core_lookup(self, layer: int, deltas, dtype: torch.dtype, heads=None, span=None):
+    def core_lookup(self, layer: int, deltas, dtype: torch.dtype, heads=None, span=None, control=None):
         """For the decomposition: ``(Ũ, S, Ṽ, F, index)`` in ``dtype`` where the first four are
         the layer's whole table, head-major (H, n_table, ...) so that one head's rows gather
         contiguously (``T[h].index_select(0, index)``), and ``index`` maps each of ``deltas`` to its
         row. ``heads``: per offset, the head whose core is needed (default: every head's);
         only those entries are guaranteed computed, so read only them. ``span``: (lo, hi), an
         offset range the table should cover (allocated, not computed; see :meth:`_ensure`).
+        ``control = (key, Q)``: also fill the basis-control table of ``dtype`` for ``key``
+        (:meth:`control_table`) as the new entries are computed.
         ``F[h, t] = G_k R_k[kv(h)]ᵀ Ṽ[h, t]`` (= ``W̃_Kᵀ v_r`` in head space, with the
         QK-norm key gain) is computed once per (layer, head, Δ), not once per pair."""
         deltas = self._offsets(layer, deltas)
@@ -465,7 +510,7 @@ class SVDCache:
         else:
             hs = np.broadcast_to(np.asarray(heads, dtype=np.int64), deltas.shape).copy()
             ds = deltas
-        tab = self._ensure(layer, hs, ds, span)
+        tab = self._ensure(layer, hs, ds, span, dtype=dtype, control=control)
         return (*self._converted(tab, dtype), torch.as_tensor(deltas - tab.lo))
 
     @staticmethod

@@ -83,7 +83,9 @@ def batched_map(fn, *tensors: torch.Tensor, workers: int | None = None, min_chun
     With ``out`` (preallocated tensors, batch axis first, one per result) each chunk is fed to
     ``fn`` in blocks of ``block`` rows (default: the whole chunk) and the results are written
     into ``out``, which is returned: small blocks keep every intermediate in cache and reuse
-    the allocator's memory instead of mapping fresh pages for chunk-sized temporaries."""
+    the allocator's memory instead of mapping fresh pages for chunk-sized temporaries.
+    ``out=()``: ``fn`` stores its own results (e.g. into disjoint rows of shared tables, one
+    batch argument giving the rows) and returns ``()``."""
     workers = svd_workers() if workers is None else int(workers)
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):

@@ -17,6 +17,7 @@ import torch
 from svfcheck.real.capture import capture
 from svfcheck.real.decompose import Pairs, decompose, top_attended_pairs
 from svfcheck.real.heads import extract_heads
+from svfcheck.real import svd
 from svfcheck.real.svd import SVDCache
 
 
@@ -58,7 +59,13 @@ def test_core_lookup_computes_only_the_requested_entries(tiny_models):
 def test_a_decomposition_computes_one_core_per_head_and_offset_it_uses(llama):
     heads, cap, pairs = llama
     cache = SVDCache(heads)
-    decompose(heads, cap, pairs, cache=cache, dtype=torch.float32)
+    copies = []
+    with pytest.MonkeyPatch.context() as mp:  # the workers write the copies: none made afterwards
+        mp.setattr(svd, "_copy_rows", lambda *a: copies.append(a))
+        decompose(heads, cap, pairs, cache=cache, dtype=torch.float32)
+    assert copies == []
+    for tab in cache._core.values():  # each new entry's float32 copy and control row are held
+        assert torch.equal(tab.conv[torch.float32][1], tab.filled) and torch.equal(tab.ctl[torch.float32][2], tab.filled)
     d = cap.positions[pairs.prompt, pairs.key_pos].numpy() - cap.positions[pairs.prompt, pairs.query_pos].numpy()
     used = len(set(zip(pairs.layer.tolist(), pairs.head.tolist(), d.tolist())))
     assert len(cache) == used
@@ -67,15 +74,17 @@ def test_a_decomposition_computes_one_core_per_head_and_offset_it_uses(llama):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_lazily_filled_cache_gives_the_same_decomposition(llama, dtype):
-    """Three histories, one answer: a fresh (lazy) cache; a cache filled beforehand over every
-    head and offset; a cache first used for a shuffled third of the pairs. The float32 copies
-    and the basis-control table are then built in different increments."""
+    """Three histories, one answer: a fresh (lazy) cache, whose workers write each new entry's
+    float32 copy and basis-control row as they compute it; a cache filled beforehand in float64
+    over every head and offset, whose copies and control table are then made afterwards, entry
+    by entry; a cache first used for a shuffled third of the pairs (both, in increments)."""
     heads, cap, pairs = llama
     n = cap.token_mask.shape[1]
     fresh = decompose(heads, cap, pairs, cache=SVDCache(heads), dtype=dtype)
     full = SVDCache(heads)
     for l in range(heads.n_layers):
-        full.core_lookup(l, np.arange(-(n - 1), n), dtype)
+        full.core_lookup(l, np.arange(-(n - 1), n), torch.float64)
+    assert all(not tab.conv and not tab.ctl for tab in full._core.values())  # nothing converted yet
     rng = np.random.default_rng(3)
     part = np.sort(rng.permutation(len(pairs))[: len(pairs) // 3])
     first = SVDCache(heads)
