@@ -348,23 +348,35 @@ class _Layer:
     slot: np.ndarray
 
 
-def _prepare_layer(lh, l, idx, pairs, cap, cache, Qs, dtype, basis, seed, route) -> None:
-    """Compute what the layer's route will look up in ``cache`` (factors, core tables in
-    ``dtype``, the basis-control table), so that the route itself only reads the cache."""
+def _layer_request(lh, l, idx, pairs, cap, Qs, dtype, basis, seed, route):
+    """The core entries the layer's route will look up, as a request for
+    :meth:`~svfcheck.real.svd.SVDCache.prepare` / ``core_lookup`` (``None`` for the fast route):
+    the pairs' offsets and heads, the prompt's offset span, and — for the summed route's basis
+    control — the control table's key and rotations, so new entries come with their F̂ rows."""
     if route == "fast":
-        cache.basis(l)
-        return
-    cache.factors(l)
+        return None
     d, span = _pair_offsets(cap, l, cap.positions, pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx],
                             basis, lh.rotary is not None)
     ctl = route == "summed" and Qs is not None and lh.rotary is not None
-    # new entries come converted to dtype and, for the summed route's basis control, with F̂
-    cache.core_lookup(l, d, dtype, heads=pairs.head[idx], span=span, control=(seed, Qs[0][l]) if ctl else None)
-    if ctl:
-        cache.control_table(l, dtype, seed, Qs[0][l])
+    return (l, d, dtype, pairs.head[idx], span, (seed, Qs[0][l]) if ctl else None)
 
 
-def _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis) -> _Layer:
+def _prepare_layer(lh, l, cache, request):
+    """After :meth:`~svfcheck.real.svd.SVDCache.prepare`: everything else the layer's route
+    reads from ``cache`` (factors, converted copies of entries computed earlier in another
+    dtype, the basis-control table), so that the route only reads. Returns the route's
+    ``core_lookup`` (tables, rows), or ``None`` for the fast route."""
+    if request is None:
+        cache.basis(l)
+        return None
+    cache.factors(l)
+    *tables, rows = cache.core_lookup(*request[:2], request[2], heads=request[3], span=request[4], control=request[5])
+    if request[5] is not None:
+        cache.control_table(l, request[2], *request[5])
+    return tuple(tables), rows
+
+
+def _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, looked) -> _Layer:
     f = cache.factors(l)
     A, K = _layer_inputs(lh, cap.hidden[l], f, dtype)
     Z = K @ f.R_k_inv.to(dtype)  # (B, Hkv, n, dh): Q_kᵀ x̃
@@ -374,23 +386,21 @@ def _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis) -> _Layer:
         rq, rk = _rms(A, lh.norm_eps), _rms(K, lh.norm_eps)
         A = A * lh.q_gain.to(dtype)
     rd = 0 if lh.rotary is None else lh.rotary.rotary_dim
-    # all core SVDs this layer needs, looked up once
-    b_all, i_all, j_all = (pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx])
-    d, span = _pair_offsets(cap, l, cap.positions, b_all, i_all, j_all, basis, lh.rotary is not None)
-    *tables, rows = cache.core_lookup(l, d, dtype, heads=pairs.head[idx], span=span)
+    # all core SVDs this layer needs, looked up once, in the caller's thread (_prepare_layer)
+    tables, rows = looked
     slot = np.zeros(len(pairs), dtype=np.int64)
     slot[idx] = rows.numpy()
     return _Layer(A, K, Z, Y, rq, rk, rd, f.kv_index, tuple(tables), slot)
 
 
-def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk):
+def _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk, looked):
     """Per-pair basis (RoPE offsets) and/or per-key QK-norm factors.
 
     Pairs are grouped by (prompt, head) so every per-key product is one GEMM over all keys:
     ``λ_pkr = x̃_iᵀΩ(Δ_k)v_r = cos_k·(q̂_p⊙F_pr) − sin_k·(rot(q̂_p)⊙F_pr)`` with
     ``F_pr = G_k R_kᵀ ṽ_r`` and ``β_pkr = v_rᵀx̃_k = z_k·ṽ_r``.
     """
-    L = _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis)
+    L = _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, looked)
     A, kv, Z, Y, rq, rk, rd, slot = L.A, L.kv, L.Z, L.Y, L.rq, L.rk, L.rd, L.slot
     Ut_all, S_all, Vt_all, F_all = L.tables
     for ii in _groups(idx, pairs, chunk):
@@ -628,7 +638,7 @@ def _key_sums(vis: torch.Tensor, O: torch.Tensor, wz: torch.Tensor, overwrite: b
     return vf @ O, vf @ wz
 
 
-def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
+def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed, looked):
     """Per-pair basis (RoPE offsets) and/or per-key QK-norm factors, without per-key terms.
 
     Everything reported depends on the other keys only through ``Σ_k t_r(i, k)`` (relative
@@ -649,7 +659,7 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed):
     keys of |log_softmax(those logits) − log(model attention)| and (2) |Σ_r c_r − ℓ̃_j| with ℓ̃_j
     the relative logit of those logits — so both reported sums (eq. 1 at j, and the relative
     total over the keys) are checked against the model's own attention."""
-    L = _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, basis)
+    L = _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, looked)
     A, kv, Z, Y, rq, rk, rd, slot = L.A, L.kv, L.Z, L.Y, L.rq, L.rk, L.rd, L.slot
     Ut_all, S_all, Vt_all, F_all = L.tables
     Fh_all = cache.control_table(l, dtype, seed, Qs[0][l]) if (Qs is not None and rd) else None
@@ -891,21 +901,23 @@ def decompose(
     with torch.no_grad():
         # 1. fill the cache in this thread (cold core SVDs run on every core inside), so that
         # 2. the layers, which then only read it, can run side by side on one thread each
-        for l, lh, idx, route in plan:
-            _prepare_layer(lh, l, idx, pairs, cap, cache, Qs, dtype, basis, seed, route)
+        # (the new core SVDs of all layers in one pooled run: a few per layer still use every core)
+        requests = [_layer_request(lh, l, idx, pairs, cap, Qs, dtype, basis, seed, route) for l, lh, idx, route in plan]
+        cache.prepare([r for r in requests if r is not None])
+        looked = [_prepare_layer(lh, l, cache, r) for (l, lh, _, _), r in zip(plan, requests)]
 
         def run(item):
-            l, lh, idx, route = item
+            (l, lh, idx, route), lk = item
             with torch.no_grad():
                 if route == "fast":
                     _fast_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype)
                 elif route == "per_key":
-                    _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk)
+                    _general_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, chunk, lk)
                 else:
-                    _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed)
+                    _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed, lk)
                 out.metrics(idx)  # per row: here, on the layer's worker, instead of after all layers
 
-        parallel_map(run, plan, workers=threads)
+        parallel_map(run, list(zip(plan, looked)), workers=threads)
     keys, n_keys = _visible_keys(cap, pairs)
     return Decomposition(
         pairs=pairs,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .heads import LayerHeads, ModelHeads, rope_matrix
-from .threads import batched_map
+from .threads import batched_jobs, batched_map
 
 __all__ = [
     "ROUTES",
@@ -362,9 +362,11 @@ class SVDCache:
             self._basis[layer] = (U, S, V)
         return self._basis[layer]
 
-    def _ensure(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None, dtype=None, control=None) -> _CoreTable:
-        """The layer's table with the (head, Δ) entries ``(hs, ds)`` computed (only those not
-        yet there, in one batched call). The offset range first grows, in one copy of the
+    def _plan(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None, dtype=None, control=None):
+        """``(table, todo)``: the layer's table, grown and given its converted copies, and — when
+        some of the (head, Δ) entries ``(hs, ds)`` are not there yet — ``todo = ((fn, tensors),
+        commit)``: the job that computes them (:func:`~svfcheck.real.threads.batched_jobs`) and
+        the call that marks them computed once it has run. The offset range first grows, in one copy of the
         computed entries, to cover ``ds`` and ``span`` (lo, hi) — ``span`` only allocates: a
         prompt's whole visible-offset range at once, so later prompts of that length never grow
         (and copy) the table again.
@@ -406,19 +408,47 @@ class SVDCache:
         need = torch.zeros(H, tab.T, dtype=torch.bool)
         need[torch.as_tensor(hs, dtype=torch.int64), torch.as_tensor(ds - tab.lo)] = True
         need &= ~tab.filled
-        if bool(need.any()):
-            h, t = torch.nonzero(need, as_tuple=True)  # head-major order
-            sinks = [tab.arrays()] + [arrays for arrays, _ in tab.conv.values()]
-            fh = None if ctl is None else (ctl[1], Q.to(dtype))
-            self._core_rows(layer, h, t.numpy() + tab.lo, into=(h * tab.T + t, sinks, fh))
+        if not bool(need.any()):
+            return tab, None
+        h, t = torch.nonzero(need, as_tuple=True)  # head-major order
+        sinks = [tab.arrays()] + [arrays for arrays, _ in tab.conv.values()]
+        fh = None if ctl is None else (ctl[1], Q.to(dtype))
+        job = self._core_rows(layer, h, t.numpy() + tab.lo, into=(h * tab.T + t, sinks, fh))
+
+        def commit():
             tab.filled |= need
             for _, have in tab.conv.values():
                 have |= need
             if ctl is not None:
                 ctl[2] |= need
+
+        return tab, (job, commit)
+
+    def _ensure(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None, dtype=None, control=None) -> _CoreTable:
+        """:meth:`_plan` one layer's request and compute it."""
+        tab, todo = self._plan(layer, hs, ds, span, dtype, control)
+        if todo is not None:
+            batched_jobs([todo[0]], block=_CORE_BLOCK)
+            todo[1]()
         return tab
 
-    def _core_rows(self, layer: int, hs: torch.Tensor, ds: np.ndarray, into=None) -> tuple | None:
+    def prepare(self, requests) -> None:
+        """Make sure the entries of several layers are computed, all in one pooled run: each
+        request is ``(layer, deltas, dtype, heads, span, control)`` as for :meth:`core_lookup`.
+        Spread over the workers across layers (:func:`~svfcheck.real.threads.batched_jobs`), so
+        a prompt that needs only a few new cores per layer still keeps every core busy; the
+        entries are the same as one :meth:`core_lookup` per layer (each is computed on its own)."""
+        todos = []
+        for layer, deltas, dtype, heads, span, control in requests:
+            hs, ds, span = self._request(layer, deltas, heads, span)
+            _, todo = self._plan(layer, hs, ds, span, dtype, control)
+            if todo is not None:
+                todos.append(todo)
+        batched_jobs([job for job, _ in todos], block=_CORE_BLOCK)
+        for _, commit in todos:
+            commit()
+
+    def _core_rows(self, layer: int, hs: torch.Tensor, ds: np.ndarray, into=None) -> tuple:
         """``(Ũ, S, Ṽ, F)`` float64 of the cores of heads ``hs`` at offsets ``ds`` (one row each).
 
         Thousands of d_h×d_h SVDs (:func:`core_svd`): through
@@ -427,7 +457,8 @@ class SVDCache:
         decomposed, sign-fixed and multiplied into ``F`` while in cache and written straight into
         the output — all per-matrix work, so the result does not depend on the chunking.
 
-        ``into = (rows, sinks, control)``: instead of returning them, write the results at the
+        ``into = (rows, sinks, control)``: return instead the job ``(fn, tensors)`` (for
+        :func:`~svfcheck.real.threads.batched_jobs`) that writes the results at the
         flat rows ``rows`` (head·T + t) of each table in ``sinks`` (tuples of (H, T, ...) tables
         ``(Ũ, S, Ṽ, F)``, each converted to its tables' dtype) and, with ``control = (F̂, Q)``,
         ``F̂ = F diag(1/s) Q[h]`` in ``F̂``'s dtype (the same operations as
@@ -466,10 +497,8 @@ class SVDCache:
                     Fh, Q = control
                     _, S, _, F = vals
                     Fh.view(-1, dh * dh).index_copy_(0, rc, ((F / safe_singular_values(S)[:, None, :]) @ Q[hc]).reshape(len(rc), -1))
-            return ()
 
-        batched_map(write, hs, off, torch.as_tensor(rows), out=(), block=_CORE_BLOCK)
-        return None
+        return write, (hs, off, torch.as_tensor(rows))
 
     def _cores(self, layer: int, deltas: np.ndarray) -> tuple:
         """``(Ũ, S, Ṽ, F)`` of every head at ``deltas``, head-major (H, n_Δ, ...), computed
@@ -501,17 +530,19 @@ class SVDCache:
         (:meth:`control_table`) as the new entries are computed.
         ``F[h, t] = G_k R_k[kv(h)]ᵀ Ṽ[h, t]`` (= ``W̃_Kᵀ v_r`` in head space, with the
         QK-norm key gain) is computed once per (layer, head, Δ), not once per pair."""
+        hs, ds, span = self._request(layer, deltas, heads, span)
+        tab = self._ensure(layer, hs, ds, span, dtype=dtype, control=control)
+        return (*self._converted(tab, dtype), torch.as_tensor(self._offsets(layer, deltas) - tab.lo))
+
+    def _request(self, layer: int, deltas, heads, span) -> tuple:
+        """``(heads, offsets, span)`` of one entry each, for :meth:`core_lookup`'s arguments."""
         deltas = self._offsets(layer, deltas)
         lh = self.heads.layer(layer)
         if lh.rotary is None:
             span = None
         if heads is None:
-            hs, ds = np.repeat(np.arange(lh.n_heads), len(deltas)), np.tile(deltas, lh.n_heads)
-        else:
-            hs = np.broadcast_to(np.asarray(heads, dtype=np.int64), deltas.shape).copy()
-            ds = deltas
-        tab = self._ensure(layer, hs, ds, span, dtype=dtype, control=control)
-        return (*self._converted(tab, dtype), torch.as_tensor(deltas - tab.lo))
+            return np.repeat(np.arange(lh.n_heads), len(deltas)), np.tile(deltas, lh.n_heads), span
+        return np.broadcast_to(np.asarray(heads, dtype=np.int64), deltas.shape).copy(), deltas, span
 
     @staticmethod
     def _converted(tab: _CoreTable, dtype: torch.dtype) -> tuple:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["single_thread", "num_threads", "batched_map", "batched_svd", "svd_workers", "parallel_map"]
+__all__ = ["single_thread", "num_threads", "batched_map", "batched_jobs", "batched_svd", "svd_workers", "parallel_map"]
 
 
 @contextlib.contextmanager
@@ -83,9 +83,7 @@ def batched_map(fn, *tensors: torch.Tensor, workers: int | None = None, min_chun
     With ``out`` (preallocated tensors, batch axis first, one per result) each chunk is fed to
     ``fn`` in blocks of ``block`` rows (default: the whole chunk) and the results are written
     into ``out``, which is returned: small blocks keep every intermediate in cache and reuse
-    the allocator's memory instead of mapping fresh pages for chunk-sized temporaries.
-    ``out=()``: ``fn`` stores its own results (e.g. into disjoint rows of shared tables, one
-    batch argument giving the rows) and returns ``()``."""
+    the allocator's memory instead of mapping fresh pages for chunk-sized temporaries."""
     workers = svd_workers() if workers is None else int(workers)
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
@@ -117,6 +115,40 @@ def batched_map(fn, *tensors: torch.Tensor, workers: int | None = None, min_chun
             return call(*tensors)
         outs = list(_pool(k).map(call, *(torch.chunk(t, k) for t in tensors)))
         return tuple(torch.cat([o[i] for o in outs]) for i in range(len(outs[0])))
+
+
+def batched_jobs(jobs, workers: int | None = None, block: int = 32, min_chunk: int = 16) -> None:
+    """Run several independent batched jobs as one: each job is ``(fn, tensors)`` with ``fn``
+    called on row blocks ``fn(*(t[a:b] for t in tensors))`` of at most ``block`` rows, storing
+    its own results (e.g. into disjoint rows of shared tables) — as :func:`batched_map` with
+    ``out=()``, but the rows of all jobs are cut into one contiguous range per worker (default
+    :func:`svd_workers`), so many small jobs (a few cores in each of 30 layers) still spread
+    over every core instead of running one after another, each too small to split. Each worker
+    runs single-threaded; fewer than ``2·min_chunk`` rows in all run in the caller's thread."""
+    jobs = [(fn, ts) for fn, ts in jobs if ts[0].shape[0]]
+    sizes = [ts[0].shape[0] for _, ts in jobs]
+    n = sum(sizes)
+    if not n:
+        return
+    workers = svd_workers() if workers is None else int(workers)
+    k = max(1, min(workers, n // max(1, min_chunk)))
+    starts = [0]
+    for m in sizes:
+        starts.append(starts[-1] + m)
+
+    def span(lo, hi):  # global rows lo..hi-1, job by job, in blocks
+        for (fn, ts), a0, a1 in zip(jobs, starts[:-1], starts[1:]):
+            a, b = max(lo, a0), min(hi, a1)
+            for c in range(a, b, block):
+                d = min(b, c + block)
+                fn(*(t[c - a0 : d - a0] for t in ts))
+
+    with single_thread():
+        bounds = [round(n * c / k) for c in range(k + 1)]
+        if k == 1:
+            span(0, n)
+        else:
+            list(_pool(k).map(span, bounds[:-1], bounds[1:]))
 
 
 def _pool(k: int) -> ThreadPoolExecutor:

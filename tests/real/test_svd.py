@@ -218,6 +218,71 @@ def test_core_tables_do_not_depend_on_the_worker_count(monkeypatch, tiny):
         batched_map(torch.add, torch.zeros(3), torch.zeros(4))
 
 
+def test_batched_jobs_cover_every_row_once_and_spread_small_jobs_over_workers():
+    """Several jobs' rows as one range cut per worker: every row of every job is written once
+    (a block boundary or job boundary handled wrong leaves a NaN or writes twice), blocks never
+    exceed ``block`` rows, and six jobs of 20 rows (each too small to split on its own) still
+    run on both workers."""
+    import threading
+
+    from svfcheck.real.threads import batched_jobs
+
+    sizes = [20, 20, 1, 20, 0, 20, 20, 20]
+    outs = [torch.full((m,), float("nan")) for m in sizes]
+    hits = [torch.zeros(m) for m in sizes]
+    seen, blocks = set(), []
+    both = threading.Barrier(2, timeout=20)  # each worker's first block waits for the other's
+
+    def job(j):
+        def fn(x, rows):
+            name = threading.current_thread().name
+            if name not in seen and name != threading.main_thread().name:
+                seen.add(name)
+                both.wait()  # one thread doing all the work never gets past this
+            seen.add(name)
+            blocks.append(len(rows))
+            outs[j][rows] = x * 2
+            hits[j][rows] += 1
+        return fn, (torch.arange(sizes[j], dtype=torch.float32) + 100 * j, torch.arange(sizes[j]))
+
+    batched_jobs([job(j) for j in range(len(sizes))], workers=2, block=7, min_chunk=16)
+    for j, m in enumerate(sizes):
+        assert torch.equal(outs[j], 2 * (torch.arange(m, dtype=torch.float32) + 100 * j))
+        assert torch.equal(hits[j], torch.ones(m))
+    assert max(blocks) <= 7 and len(seen) == 2
+    seen.clear()
+    batched_jobs([job(2)], workers=2, block=7)  # 1 row: in the caller's thread
+    assert seen == {threading.current_thread().name}
+
+
+def test_prepare_of_several_layers_equals_one_lookup_per_layer(tiny):
+    """:meth:`SVDCache.prepare` (all layers' new entries in one pooled run) fills the same
+    entries with the same bits as one ``core_lookup`` per layer, float32 copies and basis-control
+    rows included, and computes nothing already there."""
+    from svfcheck.real.heads import extract_heads
+    from svfcheck.real.svd import SVDCache
+
+    heads = extract_heads(tiny.model("gemma3_text"))
+    H = heads.layers[0].n_heads
+    Q = torch.linalg.qr(torch.randn(H, heads.layers[0].head_dim, heads.layers[0].head_dim, dtype=torch.float64))[0]
+    reqs = [(l, np.array([3, -2, 3, 7]) + l, torch.float32, [0, H - 1, 1, 0], (-10, 12), (5, Q)) for l in range(heads.n_layers)]
+    one, many = SVDCache(heads), SVDCache(heads)
+    want = [one.core_lookup(l, d, dt, heads=hs, span=sp, control=c) for l, d, dt, hs, sp, c in reqs]
+    many.prepare(reqs)
+    distinct = sum(len(set(zip(hs, d.tolist()))) for _, d, _, hs, _, _ in reqs)
+    assert len(many) == len(one) == distinct
+    many.prepare(reqs)  # nothing new
+    assert len(many) == len(one)
+    for (l, d, dt, hs, sp, _), w in zip(reqs, want):
+        got = many.core_lookup(l, d, dt, heads=hs, span=sp)
+        for g, e in zip(got[:4], w[:4]):
+            for h, r in zip(hs, w[4].tolist()):
+                assert torch.equal(g[h, r], e[h, r])
+        fh1, fh2 = one.control_table(l, dt, 5, Q), many.control_table(l, dt, 5, Q)
+        for h, r in zip(hs, w[4].tolist()):
+            assert torch.equal(fh1[h, r], fh2[h, r])
+
+
 def _cores_with_spectrum(s: np.ndarray, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n cores ``Q₁ diag(s) Q₂ᵀ`` with Haar Q's and a known spectrum (descending)."""
     from svfcheck.metrics import haar_orthogonal
