@@ -321,8 +321,10 @@ class SVDCache:
     ``basis(layer)`` returns full ``(U, S, V)`` (H, D, d_h) at Δ = 0.
     All in float64; stored per layer over a contiguous offset range (:class:`_CoreTable`),
     head-major with the key-side factor ``F`` (see :meth:`core_lookup`), built on all cores
-    (:meth:`_core_rows`); per-dtype copies for the decomposition and the basis control's
-    table (:meth:`control_table`) are converted entry by entry on demand. Memory grows with
+    (:meth:`_core_rows`; :meth:`prepare` takes several layers' requests in one pooled run);
+    per-dtype copies for the decomposition and the basis control's table
+    (:meth:`control_table`) are written by the workers as new entries are computed, and
+    converted entry by entry on demand for entries computed earlier. Memory grows with
     the entries computed, up to layers × heads × offsets × d_h²: SmolLM2-135M at 128 tokens
     (30 layers × 9 heads × 128 offsets × 64²) holds ≈ 3.4 GB in float64 (Ũ, Ṽ, F) plus ≈ 2.3 GB
     for a float32 decomposition with controls (its copies and the control table). Sign convention here is on the core (largest-|.| entry of each

@@ -9,12 +9,16 @@ chunk per core and each chunk runs single-threaded in its own Python thread (tor
 GIL), so there is no per-matrix synchronisation to suffer from busy cores, and the results are
 bit-identical to one call (each matrix's SVD is computed alone; tested). Measured (SmolLM2,
 all 34,560 cores of 128-token prompts, certified Gram route, 2 cores): ≈ 22 s, about 0.63 ms
-per core (benchmarks/README.md). :func:`batched_map` is the general form: the
-cache runs each chunk's SVD together with its per-matrix follow-up (sign convention, key-side
-factor) on the same worker, so that work is spread over the cores too; with ``out=`` it feeds
-each chunk in small blocks and writes into preallocated tables (no chunk-sized temporaries,
-whose fresh pages cost about a third of the table build). The decomposition proper is a few
-GEMMs and compiled per-pair loops (which release the GIL) per (prompt, head):
+per core (benchmarks/README.md). :func:`batched_map` is the general form: each chunk's SVD
+runs together with its per-matrix follow-up (sign convention, key-side factor) on the same
+worker, so that work is spread over the cores too; with ``out=`` it feeds each chunk in small
+blocks and writes into preallocated tables (no chunk-sized temporaries, whose fresh pages cost
+about a third of the table build). :func:`batched_jobs` runs several such jobs as one range
+cut per worker: the cache computes the new cores of all layers of a decomposition in one run,
+each block writing its entries (and their converted copies and basis-control rows) straight
+into the tables, so that a prompt needing a few new cores per layer still uses every core
+(12 cold SmolLM2 prompts: 3.5 → 2.95 s each, with the writes fused). The decomposition proper
+is a few GEMMs and compiled per-pair loops (which release the GIL) per layer:
 :func:`parallel_map` runs its layers side by side, one thread each (measured before the loops
 were compiled, warm SmolLM2 prompt on 2 free cores: 1.9 s, against 2.35 s for one stream on 2
 intra-op threads and 3.3 s on one; on this 2-vCPU machine two workers give about 1.5×), and

@@ -432,20 +432,23 @@ def test_core_lookup_after_growth_equals_a_fresh_lookup(setup):
 ROUTE_ARCHS = ("gpt_neox", "llama", "mistral", "qwen2", "gemma3_text")
 
 
-@pytest.mark.parametrize("slot_min", [1, 10**9])
+@pytest.mark.parametrize("slot_min,chunk", [(1, 128), (10**9, 128), (10**9, 3)])
 @pytest.mark.parametrize("basis", ["pair", "zero"])
 @pytest.mark.parametrize("arch", ROUTE_ARCHS + ("gpt2", "bert"))
-def test_summed_route_equals_per_key_route(arch, basis, slot_min, setup, monkeypatch):
+def test_summed_route_equals_per_key_route(arch, basis, slot_min, chunk, setup, monkeypatch):
     """Same terms, relative contributions, both controls and gate (to float64 rounding: 1e-12 of
     the largest term) whether the other keys' terms are formed one by one or summed first.
     RoPE-free gpt2/bert go through the same route with ``method="general"`` (e = 1). The summed
     route's two ways to the key sums of RoPE layers are forced one at a time: ``slot_min=1``
     sends every pair of a prefix mask through the per-basis prefix accumulation
-    (kernels.slot_group_sums), ``10**9`` none."""
+    (kernels.slot_group_sums), ``10**9`` none; ``chunk=3`` cuts each head's other pairs into
+    chunks of 3 through the per-pair products' scratch buffers (a chunk boundary handled wrong
+    shows up here; the tiny prompts' heads have fewer pairs than the default 128)."""
     import svfcheck.real.decompose as dec
     from svfcheck.real import kernels
 
     monkeypatch.setattr(dec, "_SLOT_GROUP_MIN", slot_min)
+    monkeypatch.setattr(dec, "_REST_CHUNK", chunk)
     calls = []
     orig = kernels.slot_group_sums
     monkeypatch.setattr(kernels, "slot_group_sums", lambda *a: (calls.append(a[0].shape[2]), orig(*a)))
