@@ -30,6 +30,7 @@ Rotation controls (seeded, one Haar matrix per (layer, head) for each control):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -349,7 +350,19 @@ class _Layer:
     slot: np.ndarray
 
 
-def _layer_request(lh, l, idx, pairs, cap, Qs, dtype, basis, seed, route):
+class _Request(NamedTuple):
+    """One layer's core entries, in the argument order of
+    :meth:`~svfcheck.real.svd.SVDCache.prepare` (and ``core_lookup``)."""
+
+    layer: int
+    deltas: np.ndarray
+    dtype: torch.dtype
+    heads: np.ndarray
+    span: tuple | None
+    control: tuple | None  # (key, Q) of the basis-control table, or None
+
+
+def _layer_request(lh, l, idx, pairs, cap, Qs, dtype, basis, seed, route) -> _Request | None:
     """The core entries the layer's route will look up, as a request for
     :meth:`~svfcheck.real.svd.SVDCache.prepare` / ``core_lookup`` (``None`` for the fast route):
     the pairs' offsets and heads, the prompt's offset span, and — for the summed route's basis
@@ -359,10 +372,10 @@ def _layer_request(lh, l, idx, pairs, cap, Qs, dtype, basis, seed, route):
     d, span = _pair_offsets(cap, l, cap.positions, pairs.prompt[idx], pairs.query_pos[idx], pairs.key_pos[idx],
                             basis, lh.rotary is not None)
     ctl = route == "summed" and Qs is not None and lh.rotary is not None
-    return (l, d, dtype, pairs.head[idx], span, (seed, Qs[0][l]) if ctl else None)
+    return _Request(l, d, dtype, pairs.head[idx], span, (seed, Qs[0][l]) if ctl else None)
 
 
-def _prepare_layer(lh, l, cache, request):
+def _prepare_layer(lh, l, cache, request: _Request | None):
     """After :meth:`~svfcheck.real.svd.SVDCache.prepare`: everything else the layer's route
     reads from ``cache`` (factors, converted copies of entries computed earlier in another
     dtype, the basis-control table), so that the route only reads. Returns the route's
@@ -371,9 +384,10 @@ def _prepare_layer(lh, l, cache, request):
         cache.basis(l)
         return None
     cache.factors(l)
-    *tables, rows = cache.core_lookup(*request[:2], request[2], heads=request[3], span=request[4], control=request[5])
-    if request[5] is not None:
-        cache.control_table(l, request[2], *request[5])
+    r = request
+    *tables, rows = cache.core_lookup(l, r.deltas, r.dtype, heads=r.heads, span=r.span, control=r.control)
+    if r.control is not None:
+        cache.control_table(l, r.dtype, *r.control)
     return tuple(tables), rows
 
 
@@ -559,17 +573,13 @@ def _rotary_sums(qh, sums, groups, Nflat, nrow, i_np, sl, rows, heads_at, Vt_all
     ts = tsum if all_rest else torch.empty(Pr, R, dtype=dtype)
     tr = (trsum if all_rest else torch.empty(Pr, R, dtype=dtype)) if Qb is not None else None
     nrow_r = nrow[rest]
-    nr_t, rr_t = torch.as_tensor(nrow_r), torch.as_tensor(rr)
+    rr_t = torch.as_tensor(rr)
     Nb = torch.empty(C, e * dh, dtype=dtype)
     for hh, a0, z0 in hcut:
         for a in range(a0, z0, C):
             z = min(z0, a + C)
             c = z - a
-            nr = nrow_r[a:z]
-            if nr[-1] - nr[0] == c - 1 and (np.diff(nr) == 1).all():  # consecutive queries: a view
-                Nr = Nflat[int(nr[0]) : int(nr[0]) + c].view(c, e, dh)
-            else:
-                Nr = torch.index_select(Nflat, 0, nr_t[a:z], out=Nb[:c]).view(c, e, dh)
+            Nr = _take(Nflat, nrow_r[a:z], Nb).view(c, e, dh)
             if bool((rr[a:z] == rr[a]).all()):  # one basis (Δ=0 basis): one plain GEMM, no gather
                 torch.mm(Nr.view(-1, dh), Vflat[int(rr[a])], out=Mb[:c].view(-1, R))
             else:
@@ -596,10 +606,19 @@ def _rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, idx: np.nd
 
 def _rows(t: torch.Tensor, h: int, inv: torch.Tensor) -> torch.Tensor:
     """Rows ``inv`` of head ``h`` of a head-major table (H, T, ...), gathered through its flat 2-D
-    view (several times faster than ``t[h].index_select(0, inv)`` on a 3-D slice). Both
-    routes gather through it."""
+    view (several times faster than ``t[h].index_select(0, inv)`` on a 3-D slice); the per-key
+    route's gathers (the summed route reads the flat tables in place)."""
     H, T = t.shape[:2]
     return t.view(H * T, -1).index_select(0, inv + h * T).view(len(inv), *t.shape[2:])
+
+
+def _take(t: torch.Tensor, i: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+    """Rows ``i`` of ``t``: a view when they are consecutive (the usual case: one pair per query,
+    queries in order), else gathered into ``out[:len(i)]`` (preallocated scratch)."""
+    c = len(i)
+    if c and i[-1] - i[0] == c - 1 and (np.diff(i) == 1).all():
+        return t[int(i[0]) : int(i[0]) + c]
+    return torch.index_select(t, 0, torch.as_tensor(i), out=out[:c])
 
 
 def _prefix_run(vis: torch.Tensor) -> tuple[int, torch.Tensor] | None:
@@ -912,8 +931,8 @@ def decompose(
     ``chunk``: pairs per batch in the per-key path (default: about 4M elements per tensor).
     ``threads``: how many layers are decomposed side by side, each on one thread (default
     ``None``: every core this process may use, :func:`~svfcheck.real.threads.svd_workers`;
-    ``1``: one after another in the caller's thread). The work is a few GEMMs and many
-    mid-sized elementwise ops per (prompt, head), which run better as independent
+    ``1``: one after another in the caller's thread). The work is a few GEMMs and compiled
+    loops per layer (per (prompt, head) in the per-key route), which run better as independent
     single-threaded streams than as one stream on two intra-op threads (warm SmolLM2 prompt,
     2 free cores: 1.9 s vs 2.35 s) — and, with no per-op synchronisation, they stay fast on busy
     cores. The results do not depend on ``threads`` (every layer is computed on one thread;
