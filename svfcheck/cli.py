@@ -16,12 +16,27 @@ import json
 import sys
 from pathlib import Path
 
+from .cliargs import (
+    MAX_PROMPT_TOKENS,
+    MAX_PROMPTS,
+    SEED_MAX,
+    UsageError,
+    bounded_int,
+    input_file,
+    parse_args,
+    prepare_out_dir,
+    run_guarded,
+)
+
+SEED = bounded_int(0, SEED_MAX)
+
 __all__ = ["main", "build_parser"]
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from svfcheck.reports.paper import run_report
 
+    prepare_out_dir(args.out)
     result = run_report(Path(args.out), seed=args.seed, progress=not args.quiet, quick=args.quick)
     print(f"wrote {Path(args.out) / 'index.html'} and {Path(args.out) / 'report.json'}")
     print(f"{result['n_passed']} of {result['n_claims']} claims reproduced; {result['n_errors']} section(s) failed to run")
@@ -33,11 +48,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_theory(args: argparse.Namespace) -> int:
     from svfcheck.theory.summary import theory_summary
 
+    out = prepare_out_dir(args.out) if args.out else None
     summary = theory_summary(seed=args.seed)
     text = json.dumps(summary, indent=2, sort_keys=True)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         (out / "theory.json").write_text(text + "\n")
         print(f"wrote {out / 'theory.json'}")
     else:
@@ -53,20 +67,23 @@ def _cmd_sad(args: argparse.Namespace) -> int:
     from svfcheck.real.sad import DEFAULT_TEXT, analyze, contrast, text_prompts
     from svfcheck.tasks.ioi import generate_ioi_prompts
 
-    if args.n_prompts is not None and args.n_prompts < 1:
-        raise ValueError(f"--n-prompts must be >= 1, got {args.n_prompts}")
     heads = args.heads
     if args.head:
-        heads = [tuple(int(v) for v in h.split(".")) if "." in h else None for h in args.head]
-        if any(h is None or len(h) != 2 for h in heads):
-            raise ValueError(f"--head takes LAYER.HEAD, e.g. 9.6; got {args.head}")
+        heads = [_layer_head(h) for h in args.head]
+    if args.circuit is not None and args.heads != "paper":
+        raise UsageError(f"--circuit {args.circuit} only applies with --heads paper (got --heads {args.heads})")
+    if args.text_file is not None:
+        if args.task != "text":
+            raise UsageError(f"--text-file only applies with --task text (got --task {args.task})")
+        text_file = input_file(args.text_file, "--text-file")
+    out = prepare_out_dir(args.out)  # before the analysis: a bad --out must not cost a finished analysis
     dtype = None if args.dtype is None else {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     progress = not args.quiet
     lm = load_model(args.model, revision=args.revision, progress=progress)
     if args.task == "ioi":
         prompts = generate_ioi_prompts(lm.tokenizer, args.n_prompts or 8, seed=args.seed)
     else:
-        text = Path(args.text_file).read_text() if args.text_file else DEFAULT_TEXT
+        text = _read_text(text_file) if args.text_file else DEFAULT_TEXT
         n = args.n_prompts
         if n is None:  # as many chunks as the text holds, at most 8
             n_tok = len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -84,8 +101,6 @@ def _cmd_sad(args: argparse.Namespace) -> int:
         con = contrast(res, base, seed=args.seed)
         data["random_init"] = base.to_json(compact=args.compact)
         data["contrast"] = con.to_json()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     doc = {**data["trained"], **({"baseline_random_init": data["random_init"], "contrast": data["contrast"]} if base else {})}
     (out / "sad.json").write_text(json.dumps(doc) + "\n")
     figs = write_figures(out, res, base)
@@ -105,13 +120,30 @@ def _cmd_sad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layer_head(text: str) -> tuple[int, int]:
+    a, dot, b = text.strip().partition(".")
+    if not dot or not a.isdigit() or not b.isdigit():
+        raise UsageError(f"--head takes LAYER.HEAD with whole numbers, e.g. 9.6; got {text!r}")
+    return int(a), int(b)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--text-file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise UsageError(f"--text-file {path}: the file holds no text")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="svfcheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("report", help="run the paper's checks on built-in defaults; write index.html + report.json")
     r.add_argument("--out", default="svfcheck-report", help="output directory (default: svfcheck-report)")
-    r.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
+    r.add_argument("--seed", type=SEED, default=0, help="seed for every random choice (default: 0)")
     r.add_argument("--quick", action="store_true", help="smaller budgets (for smoke tests); claims may then fail")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--strict", action="store_true", help="exit 1 when any claim is not reproduced (default: only when a section crashes)")
@@ -127,18 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("theory", help="numerical summary of Theorems 1-3 (JSON)")
     t.add_argument("--out", default=None, help="directory for theory.json (default: print to stdout)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=SEED, default=0, help="seed of the sampled checks (default: 0)")
     t.set_defaults(func=_cmd_theory)
 
     s = sub.add_parser("sad", help="sparse attention decomposition of a real model; write sad.json + figures")
     s.add_argument("--model", required=True, help="offline name (smollm2-135m, minilm-l6, gemma3-270m), local folder or hub id")
     s.add_argument("--revision", default=None, help="hub revision, e.g. step143000 for Pythia")
     s.add_argument("--task", choices=("ioi", "text"), default="ioi", help="IOI prompts or chunks of plain text (default: ioi)")
-    s.add_argument("--n-prompts", type=int, default=None,
+    s.add_argument("--n-prompts", type=bounded_int(1, MAX_PROMPTS), default=None,
                    help="number of prompts (default: 8 for ioi; for text as many chunks as fit, at most 8)")
-    s.add_argument("--prompt-tokens", type=int, default=64, help="tokens per text prompt (--task text; default: 64)")
+    s.add_argument("--prompt-tokens", type=bounded_int(3, MAX_PROMPT_TOKENS), default=64, help="tokens per text prompt (--task text; default: 64)")
     s.add_argument("--text-file", default=None, help="text for --task text (default: a built-in passage)")
-    s.add_argument("--seed", type=int, default=0, help="seed for prompts, controls, bootstraps and random init (default: 0)")
+    s.add_argument("--seed", type=SEED, default=0, help="seed for prompts, controls, bootstraps and random init (default: 0)")
     s.add_argument("--out", default="svfcheck-sad", help="output directory (default: svfcheck-sad)")
     s.add_argument("--heads", choices=("all", "paper", "discover"), default="all",
                    help="every head, the paper's table (GPT-2, Pythia-160M) or discovered IOI heads (default: all)")
@@ -158,12 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bad_input(e: BaseException) -> bool:
-    """ValueError/FileNotFoundError/IndexError, or a model that could not be loaded."""
-    models = sys.modules.get("svfcheck.real.models")
-    return isinstance(e, (ValueError, FileNotFoundError, IndexError)) or (
-        models is not None and isinstance(e, models.ModelLoadError)
-    )
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from svfcheck.real.models import ModelLoadError
+
+    return (ModelLoadError,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,14 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         from svfcheck.gate.cli import main as gate_main
 
         return gate_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except Exception as e:  # bad input: say what and exit 2
-        if not _bad_input(e):
-            raise
-        print(f"svfcheck {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    return run_guarded(f"svfcheck {args.command}", lambda: args.func(args), _user_errors())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,4 +42,5 @@ def test_toy_subcommand_trains_and_writes_json(tmp_path):
 
 def test_toy_unknown_preset_exits_2(tmp_path, capsys):
     assert main(["toy", "--out", str(tmp_path), "--preset", "nope", "--quiet"]) == 2
-    assert "unknown toy preset 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--preset" in err and "'nope'" in err and "single-pair" in err  # the flag, the value, the choices

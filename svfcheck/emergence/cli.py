@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from ..cliargs import MAX_PROMPTS, SEED_MAX, bounded_int, parse_args, prepare_out_dir, run_guarded
 
 TASK_OF_PRESET = {"induction-gpt2": "induction", "induction-llama": "induction", "text-llama": "text"}
 
@@ -41,14 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--circuit", default=None, help="IOI head table name, e.g. EleutherAI/pythia-160m")
     p.add_argument("--selection", choices=("task", "top"), default="task",
                    help="pairs: task structure (default) or each query's top-attended key")
-    p.add_argument("--n-prompts", type=int, default=None, help="prompts analysed at every checkpoint")
-    p.add_argument("--heads-per-role", type=int, default=None, help="heads per role identified by pattern (default 2)")
-    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per step (default 2000)")
-    p.add_argument("--steps", type=int, default=None, help="override max_steps of --run")
-    p.add_argument("--seed", type=int, default=None, help="override the training seed of --run")
+    p.add_argument("--n-prompts", type=bounded_int(1, MAX_PROMPTS), default=None, help="prompts analysed at every checkpoint")
+    p.add_argument("--heads-per-role", type=bounded_int(1, 1024), default=None, help="heads per role identified by pattern (default 2)")
+    p.add_argument("--n-boot", type=bounded_int(1, 1_000_000), default=None, help="bootstrap resamples per step (default 2000)")
+    p.add_argument("--steps", type=bounded_int(1, 10_000_000), default=None, help="override max_steps of --run")
+    p.add_argument("--seed", type=bounded_int(0, SEED_MAX), default=None, help="override the training seed of --run")
     p.add_argument("--train-only", action="store_true", help="--run: train, do not analyse")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch threads during training")
+    p.add_argument("--threads", type=bounded_int(1, 1024), default=None, help="torch threads during training")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -102,10 +103,9 @@ def _heads_arg(args, task: str):
     return _parse_heads(h), None
 
 
-def _analyse(series, out, args, task: str) -> int:
+def _plan(args, task: str):
+    """The analysis settings and explicit heads of the command line, validated (before any work)."""
     from dataclasses import replace
-
-    from .sad_sweep import sad_over_training
 
     settings = _settings(args, task)
     heads, mode = _heads_arg(args, task)
@@ -113,6 +113,13 @@ def _analyse(series, out, args, task: str) -> int:
         settings = replace(settings, ioi_heads=mode)
     if heads is not None and task == "ioi" and settings.selection == "task":
         raise ValueError("explicit --heads with --task ioi needs --selection top (labelled pairs come from a table)")
+    return settings, heads
+
+
+def _analyse(series, out, args, plan) -> int:
+    from .sad_sweep import sad_over_training
+
+    settings, heads = plan
     r = sad_over_training(series, out, settings, heads=heads, progress=not args.no_progress)
     d = r.data
     lines = {"out": str(out), "figures": [str(p) for p in r.figures], "heads": d["heads"]["roles"], "steps": {}}
@@ -131,30 +138,44 @@ def _analyse(series, out, args, task: str) -> int:
     return 0
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .series import parse_series
     from .train import preset, train_run
 
-    for f in ("n_prompts", "heads_per_role", "n_boot", "steps", "threads"):
-        v = getattr(args, f)
-        if v is not None and v < 1:
-            raise ValueError(f"--{f.replace('_', '-')} must be >= 1, got {v}")
     if args.checkpoints:
         ser = parse_series(args.checkpoints)
         if not args.out:
             print(json.dumps(ser.to_dict(), indent=1))
             return 0
+        prepare_out_dir(args.out)
         task = args.task
         if task is None:
             kind = (ser.metadata.get("config") or {}).get("task", {}).get("kind") if ser.metadata else None
             task = kind or "ioi"
-        return _analyse(ser, Path(args.out), args, task)
+        return _analyse(ser, Path(args.out), args, _plan(args, task))
     if not args.out:
         raise ValueError("--out DIR is required with --run")
     if args.run not in TASK_OF_PRESET:
         raise ValueError(f"unknown preset {args.run!r}; available: {', '.join(sorted(TASK_OF_PRESET))}")
+    task = args.task or TASK_OF_PRESET[args.run]
+    plan = None if args.train_only else _plan(args, task)
+    _check_device(args.device)
+    prepare_out_dir(args.out)
     over = {}
     if args.steps is not None:
         over["max_steps"] = args.steps
@@ -168,22 +189,19 @@ def run(args: argparse.Namespace) -> int:
                       "wall_time_s": round(r.wall_time_s, 1), "summary": r.summary}, indent=1))
     if args.train_only:
         return 0
-    task = args.task or TASK_OF_PRESET[args.run]
-    return _analyse(r.series(), out, args, task)
+    return _analyse(r.series(), out, args, plan)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="svfcheck emergence", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
+    if isinstance(args, int):
+        return args
     from svfcheck.real.models import ModelLoadError
 
-    try:
-        return run(args)
-    except (ValueError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_guarded("svfcheck emergence", lambda: run(args), (ModelLoadError,))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Exit codes: 0 every condition of every spec passed; 1 at least one condition failed; 2 bad
 input (a spec that does not parse or validate, a path that does not exist, a model that
-cannot be loaded, bad command-line arguments) — the message on stderr names the file, the
+cannot be loaded, bad command-line arguments, a ``--json``/``--out`` location that cannot be
+written — checked before any model is loaded) — the message on stderr names the file, the
 key and the expected form; 3 the gate itself crashed while evaluating (a bug or an
 environment problem, traceback on stderr) — distinct from 1 so that CI never mistakes a broken
 gate for a failed analysis, or the reverse. All specs are validated before any model is loaded, so a typo
@@ -15,8 +16,8 @@ import argparse
 import json
 import sys
 import traceback
-from pathlib import Path
 
+from ..cliargs import UsageError, parse_args, prepare_out_dir, prepare_out_file
 from .spec import SpecError, load_spec, spec_files
 
 __all__ = ["main", "build_parser"]
@@ -38,10 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the gate; returns the exit code (0 pass, 1 a condition failed, 2 bad input, 3 crash)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
-        return int(e.code or 0)
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):  # argparse: --help (0) or a usage error (2)
+        return args
     try:
         files = spec_files(args.specs)
     except SpecError as e:
@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         for e in errors:
             print(f"svfcheck gate: spec error: {e}", file=sys.stderr)
+        return 2
+    try:  # the report's locations, before any model is loaded: a bad path must not cost the analysis
+        json_path = prepare_out_file(args.json, "--json") if args.json else None
+        out = prepare_out_dir(args.out) if args.out else None
+    except UsageError as e:
+        print(f"svfcheck gate: error: {e}", file=sys.stderr)
         return 2
     if args.check:
         for s in specs:
@@ -78,15 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"svfcheck gate: spec error: {e}", file=sys.stderr)
     doc = results_json(results, errors)
     written = []
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
-        written.append(args.json)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "gate.json").write_text(json.dumps(doc, indent=1) + "\n")
-        written += [str(out / "gate.json"), str(write_figure(results, out / "gate.png"))]
+    try:
+        if json_path is not None:
+            json_path.write_text(json.dumps(doc, indent=1) + "\n")
+            written.append(str(json_path))
+        if out is not None:
+            (out / "gate.json").write_text(json.dumps(doc, indent=1) + "\n")
+            written += [str(out / "gate.json"), str(write_figure(results, out / "gate.png"))]
+    except OSError as e:  # the location changed under us (deleted, filled up): the user's path, not a verdict
+        print(f"svfcheck gate: error: could not write the report to {e.filename or args.json or args.out}: "
+              f"{e.strerror or e} — the verdicts above stand, but exit 2 because the report is missing", file=sys.stderr)
+        return 2
     if written:
         print("wrote " + ", ".join(written))
     if errors:

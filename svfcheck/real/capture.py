@@ -130,6 +130,39 @@ def _mask_to_visible(mask, B: int, n: int) -> torch.Tensor | None:
     return vis.expand(B, n, n)
 
 
+_POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
+
+
+def position_limit(model) -> int | None:
+    """Longest input the model can take: the size of its learned position table (GPT-2's
+    ``wpe``, BERT's ``position_embeddings``), read from the module itself; ``None`` for models
+    without one (RoPE), whose context is not bounded by a table."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in _POSITION_TABLES:
+            return int(mod.num_embeddings)
+    return None
+
+
+def check_inputs(model, input_ids: torch.Tensor) -> None:
+    """``ValueError`` for inputs the model cannot take — longer than its position table, or
+    token ids outside its vocabulary — instead of torch's "index out of range in self"."""
+    n = int(input_ids.shape[-1])
+    limit = position_limit(model)
+    if limit is not None and n > limit:
+        raise ValueError(
+            f"a prompt of {n} tokens is longer than the model's position table ({limit} positions, "
+            "special tokens included); use shorter prompts (--prompt-tokens) or a model with a longer context"
+        )
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and input_ids.numel():
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= emb.num_embeddings:
+            raise ValueError(
+                f"token id {hi if hi >= emb.num_embeddings else lo} is outside the model's vocabulary "
+                f"(0..{emb.num_embeddings - 1}); were the prompts tokenized with another tokenizer?"
+            )
+
+
 def capture(
     model,
     input_ids: torch.Tensor,
@@ -155,6 +188,7 @@ def capture(
         input_ids = input_ids[None]
         if attention_mask is not None:
             attention_mask = torch.as_tensor(attention_mask)[None]
+    check_inputs(model, input_ids)
     B, n = input_ids.shape
     token_mask = torch.ones(B, n, dtype=torch.bool) if attention_mask is None else torch.as_tensor(attention_mask).bool()
     mods = attention_modules(model)

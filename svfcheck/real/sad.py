@@ -122,9 +122,9 @@ def _progress(it, total, desc, on):
     return tqdm(it, total=total, desc=desc, leave=False)
 
 
-def _circuit(model_name: str) -> tuple[CircuitHead, ...]:
+def _circuit(model_name: str, config) -> tuple[CircuitHead, ...]:
     try:
-        return paper_circuit(model_name)
+        return paper_circuit(model_name, config)
     except KeyError as e:
         raise ValueError(e.args[0] + " (for a local copy of one of them pass circuit= / --circuit gpt2 or EleutherAI/pythia-160m)") from None
 
@@ -338,7 +338,7 @@ def analyze(
         raise ValueError(f"selection must be 'top', 'threshold' or 'circuit'; got {selection!r}")
     table: tuple[CircuitHead, ...] | None = None
     if mode == "paper":
-        table = _circuit(circuit or loaded.name)
+        table = _circuit(circuit or loaded.name, model.config)
     elif mode == "list":
         if isinstance(hl[0], CircuitHead):
             table = tuple(hl)

@@ -139,9 +139,16 @@ SECTIONS: list[tuple[str, Callable[[Path, int, bool, bool], tuple[Section, dict]
 
 
 def run_report(out: Path, seed: int = 0, progress: bool = True, quick: bool = False) -> dict:
-    """Run every section, write ``out/index.html`` and ``out/report.json``; return the JSON dict."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run every section, write ``out/index.html`` and ``out/report.json``; return the JSON dict.
+
+    ``seed`` and ``out`` are checked before any section runs (``ValueError`` naming them): a
+    section's crash is a reported result, a bad argument is not.
+    """
+    from ..cliargs import SEED_MAX, prepare_out_dir
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed must be a whole number from 0 to {SEED_MAX}, got {seed!r}")
+    out = prepare_out_dir(out, "out")
     t0 = time.perf_counter()
     sections: list[Section] = []
     data: dict[str, dict] = {}

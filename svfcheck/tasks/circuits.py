@@ -105,12 +105,57 @@ PAPER_CIRCUITS: dict[str, tuple[CircuitHead, ...]] = {
 }
 
 
-def paper_circuit(model_name: str) -> tuple[CircuitHead, ...]:
-    """The paper's head table for ``model_name``; KeyError lists the models that have one."""
+@dataclass(frozen=True)
+class CircuitShape:
+    """The architecture and head grid a table was published for: its (layer, head) indices mean
+    nothing on another family or grid. (Width is not part of it: a narrower stand-in of the same
+    grid, as the tests use, keeps the indices' meaning as positions in the grid.)"""
+
+    model_type: str  # the transformers config's model_type
+    n_layers: int
+    n_heads: int
+
+
+_GPT2_SMALL = CircuitShape("gpt2", 12, 12)
+_PYTHIA_160M = CircuitShape("gpt_neox", 12, 12)
+CIRCUIT_SHAPES: dict[str, CircuitShape] = {
+    "gpt2": _GPT2_SMALL,
+    "openai-community/gpt2": _GPT2_SMALL,
+    "EleutherAI/pythia-160m": _PYTHIA_160M,
+    "EleutherAI/pythia-160m-deduped": _PYTHIA_160M,
+}
+
+
+def config_shape(config) -> CircuitShape:
+    """(model_type, layers, heads) of a transformers config."""
+    return CircuitShape(
+        str(getattr(config, "model_type", "?")),
+        int(getattr(config, "num_hidden_layers", -1)),
+        int(getattr(config, "num_attention_heads", -1)),
+    )
+
+
+def paper_circuit(model_name: str, config=None) -> tuple[CircuitHead, ...]:
+    """The paper's head table for ``model_name``; KeyError lists the models that have one.
+
+    With ``config`` (the analysed model's transformers config), ``ValueError`` unless the model
+    has the architecture and shape the table was published for — GPT-2's head indices applied
+    to a LLaMA model would name arbitrary heads without a word.
+    """
     try:
-        return PAPER_CIRCUITS[model_name]
+        table = PAPER_CIRCUITS[model_name]
     except KeyError:
         raise KeyError(
             f"no published IOI head table for {model_name!r}; tables exist for "
             f"{sorted(PAPER_CIRCUITS)}. Use svfcheck.tasks.selection.discover_heads instead."
         ) from None
+    if config is not None:
+        want, got = CIRCUIT_SHAPES[model_name], config_shape(config)
+        if got != want:
+            raise ValueError(
+                f"the IOI head table of {model_name!r} was published for a {want.model_type} model with "
+                f"{want.n_layers} layers x {want.n_heads} heads; the model analysed is "
+                f"{got.model_type} with {got.n_layers} layers x {got.n_heads} heads. "
+                "Its head indices mean nothing here: use heads='discover' (--heads discover) or list heads."
+            )
+    return table

@@ -34,7 +34,7 @@ def test_module_cli(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--seeds", "0", "--steps", "20", "--quiet"]) == 0
     assert (tmp_path / "toy.json").exists()
     assert main(["--out", str(tmp_path), "--preset", "nope", "--steps", "5", "--quiet"]) == 2
-    assert "unknown toy preset" in capsys.readouterr().err
+    assert "argument --preset: invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_run_sweeps_small(tmp_path):
