@@ -26,9 +26,15 @@ model or the baseline. ``max_reconstruction_error`` is not a SAD condition: exac
 property of the decomposition and must hold for any weights, random ones included (the
 baseline's error is reported alongside).
 
-Errors that can only be seen once the model is loaded (a bound above d_h, a head outside the
-model, a text too short for the prompts, a model that cannot be loaded) raise
-:class:`~svfcheck.gate.spec.SpecError` naming the spec file and key.
+Errors that can only be seen once the model is loaded are user errors and raise
+:class:`~svfcheck.gate.spec.SpecError` naming the spec file and key: a model that cannot be
+loaded (``ModelLoadError``, ``OSError``, ``ValueError`` from loading), a model the
+decomposition does not support (``ValueError`` from the head extraction: architecture not
+among ``SUPPORTED_ARCHITECTURES``, unsupported attention variant, non-finite weights), a bound
+above d_h or a head outside the model, prompts the tokenizer cannot make (``IOIError``, a text
+too short or not UTF-8) and settings the analysis rejects (``ValueError`` from
+:func:`svfcheck.real.sad.analyze`). Any other exception is a bug of the gate and propagates
+(``svfcheck gate`` exits 3).
 """
 
 from __future__ import annotations
@@ -160,12 +166,19 @@ class Evaluator:
     def _prompts(self, spec: Spec, tok):
         t = spec.task
         if t.kind == "ioi":
-            from svfcheck.tasks.ioi import generate_ioi_prompts
+            from svfcheck.tasks.ioi import IOIError, generate_ioi_prompts
 
-            return generate_ioi_prompts(tok, t.n_prompts, seed=t.seed)
+            try:
+                return generate_ioi_prompts(tok, t.n_prompts, seed=t.seed)
+            except IOIError as e:
+                raise SpecError(spec.path, "task.kind", f"cannot make IOI prompts with the tokenizer of {spec.model.name!r}: {e}",
+                                'a model whose tokenizer has single-token names, or kind = "text"') from None
         from svfcheck.real.sad import DEFAULT_TEXT, text_prompts
 
-        text = DEFAULT_TEXT if t.text_file is None else t.text_file.read_text(encoding="utf-8")
+        try:
+            text = DEFAULT_TEXT if t.text_file is None else t.text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(spec.path, "task.text_file", f"cannot read {str(t.text_file)!r}: {e}", "a UTF-8 text file") from None
         try:
             return text_prompts(tok, text, t.n_prompts, t.prompt_tokens)
         except ValueError as e:
@@ -174,9 +187,20 @@ class Evaluator:
 
     # -- checks that need the model ---------------------------------------------------------
     def _check_against_model(self, spec: Spec, lm) -> None:
-        from svfcheck.real.heads import cached_heads
+        from svfcheck.real.heads import SUPPORTED_ARCHITECTURES, architecture_of, cached_heads
 
-        mh = cached_heads(lm.model)
+        try:
+            architecture_of(lm.model)
+        except ValueError:
+            mt = getattr(getattr(lm.model, "config", None), "model_type", None)
+            raise SpecError(spec.path, "model.name", f"{lm.name!r} ({type(lm.model).__name__}) has architecture {mt!r}, "
+                            "which the decomposition does not support",
+                            "a model of a supported architecture: " + ", ".join(sorted(SUPPORTED_ARCHITECTURES))) from None
+        try:
+            mh = cached_heads(lm.model)
+        except ValueError as e:  # extract_heads: an attention variant it cannot decompose, or non-finite weights
+            raise SpecError(spec.path, "model.name", f"cannot decompose {lm.name!r}: {e}",
+                            "a model whose attention the decomposition supports") from e
         L, H, dh = mh.n_layers, mh.layers[0].n_heads, mh.layers[0].head_dim
         lists = []
         if not isinstance(spec.pairs.heads, str):
@@ -214,7 +238,7 @@ class Evaluator:
             res = analyze(lm, prompts, heads=heads, selection=selection, circuit=spec.pairs.circuit,
                           discover_top=spec.pairs.discover_top, seed=a.seed, dtype=dtype, basis=a.basis,
                           batch_size=a.batch_size, n_boot=a.n_boot, n_boot_head=min(a.n_boot, 1000), progress=self.progress)
-        except (ValueError, IndexError) as e:
+        except ValueError as e:  # not IndexError: every head list is checked before (_check_against_model)
             raise SpecError(spec.path, "pairs", f"the {role} analysis rejected the pair settings: {e}",
                             "heads/selection that fit the model and the prompts") from e
         self._analyses[key] = res

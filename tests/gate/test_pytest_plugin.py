@@ -95,3 +95,20 @@ def test_evaluation_error_errors_the_items(pytester, tiny_folder, tiny_spec):
     # truncated or not depending on the terminal width (it is untruncated in CI)
     body = out.split("short test summary info")[0]
     assert body.count("k.toml: condition[1].bound: got 17, but") == 2 and "has d_h = 16" in body
+
+
+def test_unsupported_architecture_fails_each_item_in_one_line(pytester, unsupported_folder, tiny_spec):
+    """A model the decomposition does not support (tiny OPT) is a spec error: each condition
+    fails with the reason, without a traceback (it used to print ~900 lines)."""
+    (pytester.path / "opt.toml").write_text(tiny_spec(unsupported_folder, EXACT + IMPOSSIBLE))
+    res = pytester.runpytest("--svf-spec", "opt.toml", "-p", "no:cacheprovider")
+    res.assert_outcomes(failed=2)
+    out = res.stdout.str() + res.stderr.str()
+    assert "Traceback" not in out and len(res.outlines) + len(res.errlines) < 60, out
+    body = res.stdout.str().split("short test summary info")[0]
+    reasons = [line for line in body.splitlines() if line.startswith("opt / spec error: ")]  # spec name / kind
+    assert len(reasons) == 2, body  # one line per item
+    for line in reasons:
+        assert f"{pytester.path / 'opt.toml'}: model.name: " in line
+        assert "(OPTForCausalLM) has architecture 'opt', which the decomposition does not support" in line
+        assert "expected a model of a supported architecture: bert, gemma3_text, gpt2" in line
