@@ -30,6 +30,11 @@ class TestRollsTovee:
         with pytest.raises(ValueError, match="all-zero"):
             rolls_tovee(np.zeros(4))
 
+    def test_all_zero_row_in_a_batch_raises(self):
+        # one undefined row must not come back as a NaN among valid values
+        with pytest.raises(ValueError, match="all-zero"):
+            rolls_tovee(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.0, 0.0, 5.0]]))
+
 
 class TestReconstructionCount:
     def test_one_dominant_term(self):
@@ -58,6 +63,12 @@ class TestReconstructionCount:
     def test_batched(self):
         c = np.array([[3.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
         np.testing.assert_array_equal(reconstruction_count(c), [1, 3])
+
+    @pytest.mark.parametrize("total, k", [(0.5, 1), (0.75, 2), (1.0, 3), (np.nextafter(1.0, 2.0), 4)])
+    def test_exact_boundary_without_slack(self, total, k):
+        # dyadic terms: every partial sum (0.5, 0.75, 1.0) is exact, so with rtol = 0 a partial
+        # sum *equal* to the total reaches it (>=); one ulp above the sum of all terms is R + 1
+        assert reconstruction_count(np.array([0.25, 0.5, 0.25]), total=total, rtol=0.0) == k
 
 
 class TestRelativeContributions:

@@ -3,6 +3,8 @@ discrimination rule, the minimum pair count, and checks that need the model's sh
 
 Records with constant S per model make every bootstrap interval degenerate (low = high =
 estimate), so expected figures are exact arithmetic on the constants, not pipeline output.
+Such records cannot tell which end of its interval a condition reads; the tests at the end
+give the model's S a spread so that the 99% interval straddles the margin.
 """
 
 from __future__ import annotations
@@ -180,3 +182,53 @@ def test_bounds_and_heads_checked_against_the_loaded_model(write_spec):
     bad = load_spec(write_spec(SPEC.format(margin=0.1, bound=3, err_bound=1e-5, min_pairs=1).replace("[[0, 1]]", "[[0, 1], [2, 0]]")))
     with pytest.raises(SpecError, match=r"condition\[3\]\.heads\[1\]: head \[2, 0\] is outside tiny \(2 layers x 4 heads\)"):
         ev._check_against_model(bad, lm)
+
+
+# Intervals with spread. The model's S alternates between two dyadic values (mean exact, SD
+# 0.125) over 1200 pairs, the baseline is constant, so the difference's 99% bootstrap interval
+# has half-width about 2.576 * 0.125 / sqrt(1200) = 0.0093 around an exact estimate (measured
+# with n_boot = 1000, seed 0: rotated [0.1785, 0.1973] around 0.1875; S_svd [-0.2590, -0.2402]
+# around -0.25). Each margin sits halfway between the gated end and the estimate, ~0.0045 from
+# both, i.e. ~8 standard errors of a 1000-resample 0.5% quantile (~0.0006) — so the verdict
+# does not hinge on the resampling. Reading the other end, or the estimate, flips the verdict.
+# Tolerances below: width > 0.015 (expected 0.0186) asserts a real interval; the margin must
+# sit > 0.003 (~5 quantile standard errors) inside it, so the straddle itself is asserted.
+SPREAD = np.tile([-0.125, 0.125], N)  # 2 * N = 1200 pairs, mean 0, SD 0.125
+
+
+def test_sad_effect_reads_the_lower_end_of_a_straddling_interval(write_spec):
+    """Effect difference 0.1875 [~0.178, ~0.197] for both controls (paper: 0.46875 - 0.25 -
+    0.03125), margin 0.183 inside: FAIL by the lower end (documented), where the upper end or
+    the estimate would PASS."""
+    spec = _spec(write_spec, margin=0.183)
+    model = FakeResult(N, **dict(MODEL, s_rot=0.5 + SPREAD, s_paper=0.46875 + SPREAD))
+    r = _judge_all(spec, model, FakeResult(N, **BASE))
+    for name in ("sad_effect_rotated", "sad_effect_paper_control"):
+        c = r[name]
+        f = c.figures
+        assert f["estimate"] == 0.1875 and f["high"] - f["low"] > 0.015, c.line()  # a real interval
+        assert f["low"] < 0.183 - 0.003 and f["estimate"] > 0.183 + 0.003, c.line()  # the margin straddled
+        assert not c.passed and c.measured == f["low"] and c.threshold == 0.183, c.line()
+
+
+def test_s_svd_below_reads_the_upper_end_of_a_straddling_interval(write_spec):
+    """S_svd difference -0.25 [~-0.259, ~-0.240], -margin = -0.245 inside: FAIL by the upper
+    end (documented), where the lower end or the estimate would PASS."""
+    spec = _spec(write_spec, margin=0.245)
+    model = FakeResult(N, **dict(MODEL, s_svd=0.25 + SPREAD))
+    c = _judge_all(spec, model, FakeResult(N, **BASE))["s_svd_below_random_init"]
+    f = c.figures
+    assert f["estimate"] == -0.25 and f["high"] - f["low"] > 0.015, c.line()
+    assert f["low"] < -0.245 - 0.003 and f["high"] > -0.245 + 0.003, c.line()  # the threshold straddled
+    assert not c.passed and c.measured == f["high"] and c.threshold == -0.245, c.line()
+
+
+def test_interval_conditions_pass_with_spread_when_the_gated_end_clears_the_margin(write_spec):
+    """The same spread records pass once the margin is below the gated end (0.17 < ~0.178 for
+    the rotated effect, -0.235 > ~-0.240 for S_svd): spread alone does not fail a condition."""
+    rot = _judge_all(_spec(write_spec, margin=0.17), FakeResult(N, **dict(MODEL, s_rot=0.5 + SPREAD)),
+                     FakeResult(N, **BASE))["sad_effect_rotated"]
+    svd = _judge_all(_spec(write_spec, margin=0.235), FakeResult(N, **dict(MODEL, s_svd=0.25 + SPREAD)),
+                     FakeResult(N, **BASE))["s_svd_below_random_init"]
+    assert rot.passed and rot.measured == rot.figures["low"] > 0.17, rot.line()
+    assert svd.passed and svd.measured == svd.figures["high"] < -0.235, svd.line()
