@@ -63,3 +63,18 @@ def save_tiny_folder(path, arch: str, tok, *, seed: int = 0, **overrides) -> str
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def save_unsupported_folder(path, tok) -> str:
+    """Save a seeded tiny random OPT (1 layer, 2 heads, d = 16) and ``tok`` in ``path``: it loads
+    like any folder, but OPT is not among the architectures the decomposition supports."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    cfg = OPTConfig(vocab_size=len(tok), hidden_size=16, word_embed_proj_dim=16, num_hidden_layers=1,
+                    num_attention_heads=2, ffn_dim=32, max_position_embeddings=64,
+                    pad_token_id=PAD_ID, bos_token_id=PAD_ID, eos_token_id=PAD_ID)
+    torch.manual_seed(0)
+    OPTForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

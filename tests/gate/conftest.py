@@ -29,20 +29,9 @@ def tiny_folder(tmp_path_factory) -> str:
 def unsupported_folder(tmp_path_factory) -> str:
     """A saved tiny random OPT (1 layer, 2 heads, d = 16) + tokenizer: it loads, but OPT is not
     among the architectures the decomposition supports (svfcheck.real.heads)."""
-    import torch
-    from transformers import OPTConfig, OPTForCausalLM
+    from tests._tiny_models import save_unsupported_folder
 
-    from tests._tiny_models import PAD_ID
-
-    tok = paragraph_word_tokenizer()
-    cfg = OPTConfig(vocab_size=len(tok), hidden_size=16, word_embed_proj_dim=16, num_hidden_layers=1,
-                    num_attention_heads=2, ffn_dim=32, max_position_embeddings=64,
-                    pad_token_id=PAD_ID, bos_token_id=PAD_ID, eos_token_id=PAD_ID)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("gate_opt") / "tiny-opt"
-    OPTForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_unsupported_folder(tmp_path_factory.mktemp("gate_opt") / "tiny-opt", paragraph_word_tokenizer())
 
 
 def tiny_spec_text(folder: str, conditions: str, *, baseline: bool = True, n_prompts: int = 4,
