@@ -39,10 +39,14 @@ log-spaced early (1, 2, 4, …) then every ``checkpoint_every`` steps — and ``
 Determinism and resumption: the initial weights come from ``torch.manual_seed(seed)``, every
 batch is a function of ``(seed, step)``, dropout is off and the learning rate is a function of
 the step, so a run is a pure function of its config (on one machine/thread count). After each
-checkpoint, ``out_dir/resume.pt`` (weights, AdamW state, curve so far) is replaced atomically;
+checkpoint, ``out_dir/resume.safetensors`` (weights and AdamW state as tensors; config, step,
+curve so far and the optimizer's hyper-parameters as JSON in the header) is replaced atomically;
 a rerun continues from it and produces the same checkpoints and ``run.json`` as an
-uninterrupted run. A finished run (``run.json`` with ``"finished": true``) is never recomputed.
-Wall-clock timings go to ``out_dir/timing.json`` (not to ``run.json``, which must be
+uninterrupted run. No global RNG state is saved because training draws none (verified: the
+torch generator is untouched by a training step of every preset). The resume file is never a
+pickle: an old ``resume.pt`` (pickle format) is refused, never loaded, since unpickling a
+planted file runs arbitrary code. A finished run (``run.json`` with ``"finished": true``) is
+never recomputed. Wall-clock timings go to ``out_dir/timing.json`` (not to ``run.json``, which must be
 reproducible).
 """
 
@@ -78,6 +82,10 @@ __all__ = [
 ]
 
 RUN_FORMAT = "svfcheck-run/1"
+RESUME_FILE = "resume.safetensors"
+LEGACY_RESUME_FILE = "resume.pt"
+RESUME_FORMAT = 1  # layout of the JSON under RESUME_KEY in the resume file's header
+RESUME_KEY = "svfcheck_resume"
 JUMP_THRESHOLD = 0.5  # induction accuracy marking "induction has formed" (chance ≈ 1/65)
 
 
@@ -408,23 +416,116 @@ def _summary(cfg: TrainConfig, curve: list[dict]) -> dict:
     return s
 
 
+_RUN_JSON_ADVICE = "delete it and rerun the training to rebuild it, or choose another output folder (--out)"
+
+
+def _read_json(path: Path, advice: str) -> dict:
+    """The JSON object in ``path``; a damaged file (truncated, not JSON, not an object) is a
+    ``ValueError`` naming the file and what to do (``advice``), not a raw decoder traceback."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is damaged ({type(exc).__name__}: {exc}); {advice}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object); {advice}")
+    return d
+
+
 def load_run(out_dir) -> RunResult:
     """Read a run folder's ``run.json`` (finished or not)."""
     out = Path(out_dir)
     p = out / "run.json"
     if not p.is_file():
         raise ValueError(f"{out} holds no run.json — not an svfcheck training run (or not started)")
-    d = json.loads(p.read_text())
+    d = _read_json(p, _RUN_JSON_ADVICE)
     if d.get("format") != RUN_FORMAT:
         raise ValueError(f"{p} has format {d.get('format')!r}, expected {RUN_FORMAT!r}")
-    return RunResult(
-        out_dir=out,
-        config=TrainConfig.from_dict(d["config"]),
-        curve=d["curve"],
-        checkpoints=d["checkpoints"],
-        finished=bool(d["finished"]),
-        summary=d.get("summary", {}),
-    )
+    try:
+        return RunResult(
+            out_dir=out,
+            config=TrainConfig.from_dict(d["config"]),
+            curve=list(d["curve"]),
+            checkpoints=list(d["checkpoints"]),
+            finished=bool(d["finished"]),
+            summary=d.get("summary", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{p} is damaged ({type(exc).__name__}: {exc}); {_RUN_JSON_ADVICE}") from None
+
+
+_RESUME_ADVICE = "delete it to restart the run from step 0, or choose another output folder (--out)"
+_TIMING_ADVICE = "delete it (it only records wall-clock times) or choose another output folder (--out)"
+
+
+def _save_resume(path: Path, state: dict, model, opt) -> None:
+    """Write the resume file atomically: model weights (``model.<name>``) and AdamW state
+    (``optim.<param index>.<field>``) as safetensors tensors; ``state`` (config, step, curve, …),
+    the optimizer's param_groups and the state field names as JSON in the header metadata."""
+    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    sd = opt.state_dict()
+    fields = {}
+    for i, st in sd["state"].items():
+        fields[str(i)] = sorted(st)
+        for f, v in st.items():
+            if not isinstance(v, torch.Tensor):  # AdamW keeps tensors only
+                raise TypeError(f"optimizer state {i}.{f} is a {type(v).__name__}, not a tensor")
+            tensors[f"optim.{i}.{f}"] = v.detach().cpu().clone()
+    meta = {"format": RESUME_FORMAT, **state, "param_groups": sd["param_groups"], "optim_state": fields}
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp, metadata={RESUME_KEY: json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _load_resume(path: Path, cfg_dict: dict, model, opt) -> dict:
+    """Restore ``model`` and ``opt`` from the resume file at ``path`` and return its JSON state
+    (``step``, ``curve``, ``checkpoints``, ``pending``). A damaged file is a ``ValueError``
+    naming it; a file of another config is refused."""
+    from safetensors import SafetensorError, safe_open
+
+    def damaged(why: str) -> ValueError:
+        return ValueError(f"{path} is damaged or not an svfcheck resume file ({why}); {_RESUME_ADVICE}")
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get(RESUME_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise damaged(f"{type(exc).__name__}: {exc}") from None
+    if header is None:
+        raise damaged(f"no {RESUME_KEY!r} metadata")
+    try:
+        st = json.loads(header)
+    except ValueError as exc:
+        raise damaged(f"metadata is not JSON: {exc}") from None
+    if not isinstance(st, dict) or st.get("format") != RESUME_FORMAT:
+        got = st.get("format") if isinstance(st, dict) else None
+        raise damaged(f"format {got!r}, expected {RESUME_FORMAT}")
+    if st.get("config") != cfg_dict:
+        raise ValueError(
+            f"{path} belongs to a run with a different config; choose another out_dir or delete it"
+        )
+    try:
+        step, curve, checkpoints, pending = st["step"], st["curve"], st["checkpoints"], st["pending"]
+        groups, fields = st["param_groups"], st["optim_state"]
+        if not (_is_int(step) and isinstance(curve, list) and isinstance(checkpoints, list)
+                and isinstance(pending, list) and isinstance(groups, list) and isinstance(fields, dict)):
+            raise TypeError("bad field types")
+        names = [f"model.{k}" for k in model.state_dict()]
+        names += [f"optim.{i}.{f}" for i, fs in fields.items() for f in fs]
+        missing = sorted(set(names) - set(tensors))
+        extra = sorted(set(tensors) - set(names))
+        if missing or extra:
+            raise KeyError(f"missing tensors {missing[:3]}, unexpected tensors {extra[:3]}")
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        for g in groups:
+            g["betas"] = tuple(g["betas"])  # JSON made the tuple a list
+        state = {int(i): {f: tensors[f"optim.{i}.{f}"] for f in fs} for i, fs in fields.items()}
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: shape mismatch
+        raise damaged(f"{type(exc).__name__}: {exc}") from None
+    return {"step": step, "curve": curve, "checkpoints": checkpoints, "pending": pending}
 
 
 def _save_checkpoint(out: Path, step: int, model, tokenizer, metrics: dict) -> None:
@@ -445,7 +546,7 @@ def _save_checkpoint(out: Path, step: int, model, tokenizer, metrics: dict) -> N
     (tmp / "svfcheck_checkpoint.json").write_text(
         json.dumps({"format": RUN_FORMAT, "step": step, "metrics": metrics}, indent=1) + "\n"
     )
-    if final.exists():  # left over from a crash after the rename but before resume.pt
+    if final.exists():  # left over from a crash after the rename but before the resume file
         shutil.rmtree(final)
     os.replace(tmp, final)
 
@@ -462,11 +563,13 @@ def train_run(
 ) -> RunResult:
     """Train ``config`` (a :class:`TrainConfig` or a preset name) into ``out_dir``.
 
-    Resumes from ``out_dir/resume.pt`` when present; returns at once (``skipped=True``) when
-    ``out_dir`` already holds the finished run. Raises ``ValueError`` if ``out_dir`` holds a
-    run with a different config. ``stop_after=k`` stops (unfinished) after ``k`` new
-    checkpoints — a simulated interruption. ``on_checkpoint(step, model)`` is called after
-    each checkpoint is written (the model is in eval mode; do not modify it).
+    Resumes from ``out_dir/resume.safetensors`` when present; returns at once (``skipped=True``)
+    when ``out_dir`` already holds the finished run. Raises ``ValueError`` if ``out_dir`` holds a
+    run with a different config, a damaged ``run.json``/``timing.json``/resume file, or an old
+    pickle-format ``resume.pt`` (never loaded: unpickling can run code). ``stop_after=k`` stops
+    (unfinished) after ``k`` new checkpoints — a simulated interruption.
+    ``on_checkpoint(step, model)`` is called after each checkpoint is written (the model is in
+    eval mode; do not modify it).
     ``num_threads`` sets ``torch.set_num_threads`` for the duration of the run.
     """
     cfg = preset(config) if isinstance(config, str) else config
@@ -479,7 +582,7 @@ def train_run(
     cfg_dict = cfg.to_dict()
     run_json = out / "run.json"
     if run_json.is_file():
-        prev = json.loads(run_json.read_text())
+        prev = _read_json(run_json, _RUN_JSON_ADVICE)
         if prev.get("config") != cfg_dict:
             raise ValueError(
                 f"{out} already holds a run with a different config; choose another out_dir "
@@ -530,16 +633,21 @@ def _train(cfg, cfg_dict, out, device, progress, stop_after, on_checkpoint) -> R
     pending: list[float] = []
     start = 0
     resumed_from = None
-    resume_path = out / "resume.pt"
+    resume_path = out / RESUME_FILE
+    legacy = out / LEGACY_RESUME_FILE
+    if legacy.exists() and not resume_path.exists():
+        raise ValueError(
+            f"{legacy} is an old pickle-format resume file; svfcheck never loads it because "
+            "unpickling a file can run arbitrary code. Delete it to restart this run from step 0, "
+            "or choose another output folder (--out)"
+        )
+    timing_path = out / "timing.json"
+    # read (and validated) now, so that a damaged file stops the run before any work
+    timings = _read_json(timing_path, _TIMING_ADVICE) if timing_path.is_file() else {"sessions": []}
+    if not isinstance(timings.get("sessions"), list):
+        raise ValueError(f'{timing_path} is damaged (no "sessions" list); {_TIMING_ADVICE}')
     if resume_path.is_file():
-        st = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if st["config"] != cfg_dict:
-            raise ValueError(
-                f"{resume_path} belongs to a run with a different config; choose another "
-                "out_dir or delete it"
-            )
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+        st = _load_resume(resume_path, cfg_dict, model, opt)
         curve, checkpoints, pending = st["curve"], st["checkpoints"], st["pending"]
         start = resumed_from = st["step"]
 
@@ -584,20 +692,12 @@ def _train(cfg, cfg_dict, out, device, progress, stop_after, on_checkpoint) -> R
             model.eval()
             _save_checkpoint(out, step, model, tokenizer, entry)
             checkpoints.append(step)
-            tmp = resume_path.with_name("resume.pt.tmp")
-            torch.save(
-                {
-                    "config": cfg_dict,
-                    "step": step,
-                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "optimizer": opt.state_dict(),
-                    "curve": curve,
-                    "checkpoints": checkpoints,
-                    "pending": pending,
-                },
-                tmp,
+            _save_resume(
+                resume_path,
+                {"config": cfg_dict, "step": step, "curve": curve, "checkpoints": checkpoints, "pending": pending},
+                model,
+                opt,
             )
-            os.replace(tmp, resume_path)
             write_run_json(finished=False)
             if on_checkpoint is not None:
                 on_checkpoint(step, model)
@@ -644,8 +744,6 @@ def _train(cfg, cfg_dict, out, device, progress, stop_after, on_checkpoint) -> R
         write_run_json(finished=True)
         resume_path.unlink(missing_ok=True)
     wall = time.perf_counter() - t0
-    timing_path = out / "timing.json"
-    timings = json.loads(timing_path.read_text()) if timing_path.is_file() else {"sessions": []}
     timings["sessions"].append(
         {
             "from_step": start,

@@ -46,7 +46,7 @@ def test_run_json_and_series(induction_run):
     ser = series.parse_series(str(r.out_dir))
     assert ser.source == "run" and ser.steps == d["checkpoints"]
     assert ser.metadata["curve"] == d["curve"]
-    assert not (r.out_dir / "resume.pt").exists()
+    assert not (r.out_dir / "resume.safetensors").exists() and not (r.out_dir / "resume.pt").exists()
 
 
 def test_series_loads_through_engine_loader(induction_run):
@@ -148,7 +148,7 @@ def test_resume_after_interruption_is_identical(tmp_path, device):
     assert full.finished
     part = train.train_run(cfg, tmp_path / "cut", device=device, progress=False, stop_after=4)
     assert not part.finished and part.checkpoints == [0, 1, 2, 4]
-    assert (tmp_path / "cut" / "resume.pt").exists()
+    assert (tmp_path / "cut" / "resume.safetensors").exists()
     assert not json.loads((tmp_path / "cut" / "run.json").read_text())["finished"]
 
     class Crash(RuntimeError):
