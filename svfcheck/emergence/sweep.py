@@ -3,9 +3,10 @@
 :func:`sweep` runs ``fn(checkpoint) -> dict`` (JSON-serialisable) over a
 :class:`~svfcheck.emergence.series.CheckpointSeries`, writing ``path`` atomically after every
 step. A rerun after an interruption computes only the missing steps; a finished step is never
-recomputed. The file records a ``key`` (e.g. a hash of the analysis settings); a file written
-under another key is rejected rather than silently mixed. The final JSON depends only on the
-results, not on how many sessions produced them (steps are stored in series order).
+recomputed. The file records a ``key`` (a hash of everything the results depend on: settings,
+inputs); a file written under another key is rejected rather than silently mixed. The final
+JSON depends only on the results, not on how many sessions produced them (steps are stored in
+series order).
 """
 
 from __future__ import annotations
@@ -22,10 +23,18 @@ __all__ = ["sweep", "load_sweep", "SWEEP_FORMAT"]
 SWEEP_FORMAT = "svfcheck-sweep/1"
 
 
+_ADVICE = "use another output folder (--out) or delete it to start the analysis over"
+
+
 def load_sweep(path) -> dict:
-    d = json.loads(Path(path).read_text())
-    if d.get("format") != SWEEP_FORMAT:
-        raise ValueError(f"{path} is not a sweep file (format {d.get('format')!r})")
+    """A sweep file's content; a damaged or foreign file is a ValueError naming it."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is damaged ({type(exc).__name__}: {exc}); {_ADVICE}") from None
+    if not isinstance(d, dict) or d.get("format") != SWEEP_FORMAT or not isinstance(d.get("results"), dict):
+        got = d.get("format") if isinstance(d, dict) else None
+        raise ValueError(f"{path} is not a sweep file (format {got!r}); {_ADVICE}")
     return d
 
 
@@ -51,11 +60,11 @@ def sweep(
         d = load_sweep(path)
         if d.get("key") != key:
             raise ValueError(
-                f"{path} was written for a different analysis (key {d.get('key')!r} != {key!r}); "
-                "use another file or delete it"
+                f"{path} was written for a different analysis or input (key {d.get('key')!r} != "
+                f"{key!r}); {_ADVICE}"
             )
         if d.get("series") != series.name:
-            raise ValueError(f"{path} belongs to series {d.get('series')!r}, not {series.name!r}")
+            raise ValueError(f"{path} belongs to series {d.get('series')!r}, not {series.name!r}; {_ADVICE}")
         results = d["results"]
 
     def dump(complete: bool) -> None:

@@ -15,11 +15,15 @@ Tolerances / thresholds:
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from svfcheck.emergence import sad_sweep as ss
 from svfcheck.emergence.corpus import char_tokenizer
@@ -105,6 +109,82 @@ def test_sweep_resumes_after_a_kill_and_gives_identical_json(tiny_series, tmp_pa
         ss.sad_over_training(tiny_series, tmp_path / "a", replace(FAST, n_prompts=5), progress=False)
 
 
+def _copy_series(series: CheckpointSeries, root: Path, steps=None) -> CheckpointSeries:
+    """A copy of ``series``' step folders (``steps``: only these) under ``root/<same folder
+    name>``, so the copy has the same series name, at other paths and with new mtimes."""
+    src = Path(series[0].locator).parent
+    for c in series:
+        if steps is None or c.step in steps:
+            shutil.copytree(c.locator, root / src.name / Path(c.locator).name)
+    return CheckpointSeries.from_folder(root / src.name)
+
+
+def test_resume_key_covers_the_checkpoints_and_the_tokenizer(tiny_series, tmp_path, monkeypatch):
+    """A rerun into the same folder resumes only over the same checkpoint contents and the same
+    tokenizer. Each refused series keeps the name and the final checkpoint of the original, so
+    the heads and prompt ids (chosen at the final step) and the old key are unchanged: only the
+    series/tokenizer fingerprint can tell them apart."""
+    from svfcheck.emergence import corpus
+
+    out = tmp_path / "out"
+    ss.sad_over_training(tiny_series, out, FAST, progress=False, figures=False)
+    sweep_file = out / "sad_sweep.json"
+    before = sweep_file.read_text()
+
+    # accepted: byte-identical checkpoints at other paths resume with nothing recomputed
+    same = _copy_series(tiny_series, tmp_path / "same")
+    assert same.name == tiny_series.name and same.steps == tiny_series.steps
+    r = ss.sad_over_training(same, out, FAST, progress=False, figures=False)
+    assert r.timing["steps"] == {} and sweep_file.read_text() == before
+
+    fewer = _copy_series(tiny_series, tmp_path / "fewer", steps=(0, 10))  # step 5 dropped
+
+    edited = _copy_series(tiny_series, tmp_path / "edited")  # one weight of step 5 nudged
+    w = Path(edited.at(5).locator) / "model.safetensors"
+    with safe_open(str(w), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    name = sorted(tensors)[0]
+    tensors[name].view(-1)[0] += 1e-3
+    save_file(tensors, w, metadata=meta)
+
+    retok = _copy_series(tiny_series, tmp_path / "retok")  # same ids 0..32, other characters
+    tok = char_tokenizer(32)
+    monkeypatch.setattr(corpus, "CHAR_ALPHABET", corpus.CHAR_ALPHABET[32:] + corpus.CHAR_ALPHABET[:32])
+    other_tok = corpus.char_tokenizer(32)
+    assert len(other_tok) == len(tok) and set(other_tok.get_vocab()) != set(tok.get_vocab())
+    for c in retok:
+        other_tok.save_pretrained(c.locator)
+
+    for other in (fewer, edited, retok):
+        assert other.name == tiny_series.name
+        with pytest.raises(ValueError, match="different analysis") as e:
+            ss.sad_over_training(other, out, FAST, progress=False, figures=False)
+        msg = str(e.value)
+        assert str(sweep_file) in msg and "--out" in msg and "delete it" in msg
+        assert sweep_file.read_text() == before  # refused before anything was written
+
+
+def test_series_and_tokenizer_fingerprints():
+    """Hub checkpoints are identified by model id and revision (nothing is downloaded); the
+    tokenizer by class and vocabulary."""
+    from svfcheck.emergence.series import parse_series
+
+    a = ss._series_fingerprint(parse_series("pythia:EleutherAI/pythia-160m@0,1000"))
+    assert a["checkpoints"][1] == {"step": 1000, "model": "EleutherAI/pythia-160m", "revision": "step1000"}
+    assert a != ss._series_fingerprint(parse_series("pythia:EleutherAI/pythia-70m@0,1000"))
+    assert a != ss._series_fingerprint(parse_series("hub:EleutherAI/pythia-160m@step0=0,main=1000"))
+    t32 = ss._tokenizer_fingerprint(char_tokenizer(32))
+    assert t32 == ss._tokenizer_fingerprint(char_tokenizer(32))
+    assert t32 != ss._tokenizer_fingerprint(char_tokenizer(31))
+
+
+def test_damaged_sweep_file_names_the_file(tiny_series, tmp_path):
+    (tmp_path / "sad_sweep.json").write_text('{"format": "svfcheck-sweep/1", "resu')
+    with pytest.raises(ValueError, match="damaged") as e:
+        ss.sad_over_training(tiny_series, tmp_path, FAST, progress=False, figures=False)
+    assert str(tmp_path / "sad_sweep.json") in str(e.value) and "--out" in str(e.value)
+
+
 def test_top_selection_and_explicit_heads(tiny_series, tmp_path):
     st = replace(FAST, selection="top")
     r = ss.sad_over_training(tiny_series, tmp_path, st, heads={"chosen": [(1, 3)]}, progress=False, figures=False)
@@ -163,7 +243,7 @@ def test_bad_inputs_are_clear_errors(tiny_series, tmp_path):
     [
         (["--run", "nope", "--out", "X"], "unknown preset"),
         (["--run", "induction-gpt2"], "--out DIR is required"),
-        (["--run", "induction-gpt2", "--out", "X", "--n-prompts", "0"], "--n-prompts must be >= 1"),
+        (["--run", "induction-gpt2", "--out", "X", "--n-prompts", "0"], "argument --n-prompts: '0' is out of range"),
         (["--checkpoints", "TINY", "--out", "X", "--task", "induction", "--heads", "4-1"], "bad head"),
         (["--checkpoints", "TINY", "--out", "X", "--task", "induction", "--heads", "paper"], "needs --task ioi"),
         (["--checkpoints", "TINY", "--out", "X", "--task", "ioi", "--heads", "pattern"], "for ioi use"),
