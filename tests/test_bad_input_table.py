@@ -271,6 +271,7 @@ def test_bad_input_is_a_clear_error(case, world, capsys, monkeypatch, tmp_path):
     for needle in case.needles:
         assert _fill(needle, world) in err, f"{needle!r} not named in:\n{err}"
     assert "Traceback" not in err + out
+    assert "Loading weights" not in err  # --quiet silences transformers' bars too
     assert not (tmp_path / "out" / "sad.json").exists()
 
 

@@ -533,15 +533,10 @@ def _save_checkpoint(out: Path, step: int, model, tokenizer, metrics: dict) -> N
     tmp = out / f".tmp-step{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    from transformers.utils import logging as hf_logging
+    from ..real.models import hf_progress_bars
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with hf_progress_bars(False):
         model.save_pretrained(tmp)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(tmp)
     (tmp / "svfcheck_checkpoint.json").write_text(
         json.dumps({"format": RUN_FORMAT, "step": step, "metrics": metrics}, indent=1) + "\n"

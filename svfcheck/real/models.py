@@ -17,6 +17,7 @@ probabilities are available) and its weights checked for NaN/inf.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import json
@@ -336,6 +337,20 @@ def _check_finite(model: torch.nn.Module, name: str) -> None:
             )
 
 
+@contextlib.contextmanager
+def hf_progress_bars(enabled: bool):
+    """transformers' own progress bars ("Loading weights", "Writing model shards") on or off
+    for the duration; ``progress=False`` / ``--quiet`` must silence them too."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
 def _auto_class(model_type: str):
     from transformers import AutoModel, AutoModelForCausalLM
 
@@ -441,7 +456,8 @@ def load_model(
         model = cls.from_config(config, dtype=dtype, attn_implementation="eager")
     else:
         try:
-            model = cls.from_pretrained(location, dtype=dtype, attn_implementation="eager", **kw)
+            with hf_progress_bars(progress):
+                model = cls.from_pretrained(location, dtype=dtype, attn_implementation="eager", **kw)
         except Exception as exc:
             if source == "hub":
                 raise _hub_error(name, revision, exc) from exc
