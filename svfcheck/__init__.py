@@ -1,3 +1,88 @@
-"""svfcheck: checks of 'Singular Vectors of Attention Heads Align with Features'."""
+"""svfcheck: checks of 'Singular Vectors of Attention Heads Align with Features'.
+
+The public API, by level (every name loads its module on first use, so ``import svfcheck``
+stays light; see the README's "From Python" section for a worked example):
+
+Models
+    :func:`load_model` (an offline name, a folder or a hub id; ``random_init=True`` for a seeded
+    random initialisation of the same architecture), :class:`LoadedModel`,
+    :class:`ModelLoadError`, :data:`OFFLINE_MODELS`.
+Heads and their SVD
+    :func:`extract_heads` / :func:`cached_heads` (every head's query/key factors, biases, RoPE,
+    QK-norm), :class:`ModelHeads`; :func:`all_heads_svd` → :class:`HeadsSVD` (U, S, V of every
+    head's Ω without forming it).
+Decomposition of given pairs
+    :func:`capture` (one forward pass: head inputs, attention, masks) → :class:`Capture`;
+    :class:`Pairs`, :func:`top_attended_pairs`; :func:`decompose` → :class:`Decomposition`
+    (exact per-pair terms, relative attention, k and Rolls–Tovee S with both rotation controls).
+Analysis of prompts
+    :func:`generate_ioi_prompts`, :func:`text_prompts`, :data:`DEFAULT_TEXT`; :func:`analyze`
+    → :class:`SADResult`; :func:`contrast` (trained vs random init) → :class:`Contrast`.
+Metrics
+    :func:`rolls_tovee`, :func:`reconstruction_count`.
+Toy model and theory
+    :class:`ToyConfig`, :func:`toy_preset`, :func:`train_toy`; :func:`theory_summary`.
+
+The mathematics behind each name is in ``docs/math.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# public name -> (module, attribute)
+_API: dict[str, tuple[str, str]] = {
+    # models
+    "load_model": ("svfcheck.real.models", "load_model"),
+    "LoadedModel": ("svfcheck.real.models", "LoadedModel"),
+    "ModelLoadError": ("svfcheck.real.errors", "ModelLoadError"),
+    "OFFLINE_MODELS": ("svfcheck.real.models", "OFFLINE_MODELS"),
+    # heads and their SVD
+    "extract_heads": ("svfcheck.real.heads", "extract_heads"),
+    "cached_heads": ("svfcheck.real.heads", "cached_heads"),
+    "ModelHeads": ("svfcheck.real.heads", "ModelHeads"),
+    "all_heads_svd": ("svfcheck.real.svd", "all_heads_svd"),
+    "HeadsSVD": ("svfcheck.real.svd", "HeadsSVD"),
+    # decomposition of given pairs
+    "capture": ("svfcheck.real.capture", "capture"),
+    "Capture": ("svfcheck.real.capture", "Capture"),
+    "Pairs": ("svfcheck.real.decompose", "Pairs"),
+    "top_attended_pairs": ("svfcheck.real.decompose", "top_attended_pairs"),
+    "decompose": ("svfcheck.real.decompose", "decompose"),
+    "Decomposition": ("svfcheck.real.decompose", "Decomposition"),
+    # analysis of prompts
+    "generate_ioi_prompts": ("svfcheck.tasks.ioi", "generate_ioi_prompts"),
+    "text_prompts": ("svfcheck.real.sad", "text_prompts"),
+    "DEFAULT_TEXT": ("svfcheck.real.sad", "DEFAULT_TEXT"),
+    "analyze": ("svfcheck.real.sad", "analyze"),
+    "SADResult": ("svfcheck.real.sad", "SADResult"),
+    "contrast": ("svfcheck.real.sad", "contrast"),
+    "Contrast": ("svfcheck.real.sad", "Contrast"),
+    # metrics
+    "rolls_tovee": ("svfcheck.metrics", "rolls_tovee"),
+    "reconstruction_count": ("svfcheck.metrics", "reconstruction_count"),
+    # toy model and theory
+    "ToyConfig": ("svfcheck.toy.config", "ToyConfig"),
+    "toy_preset": ("svfcheck.toy.config", "preset"),
+    "train_toy": ("svfcheck.toy.train", "train_many"),
+    "theory_summary": ("svfcheck.theory.summary", "theory_summary"),
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'svfcheck' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
