@@ -128,16 +128,9 @@ def prepare_out_file(path: str | os.PathLike, flag: str) -> Path:
         raise UsageError(f"{flag} is empty; give a file path")
     if f.is_dir():
         raise UsageError(f"{flag} {f}: is a folder; give a file path")
-    parent = f.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"{flag} {f}: {parent} is not a folder; choose another path")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{flag} {f}: cannot create its folder {parent} ({e.strerror or e}); choose a writable location") from None
+    prepare_out_dir(f.parent, f"{flag} {f}: its folder")
     if f.exists() and not os.access(f, os.W_OK):
         raise UsageError(f"{flag} {f}: the file is not writable; choose another path")
-    _probe_writable(parent, flag)
     return f
 
 
