@@ -3,7 +3,7 @@
 Absolute times on a shared, noisy machine mean little; every benchmark here also times its
 baseline in the same run and records ``[<variant>_]ratio_vs_<baseline>`` in ``extra_info``
 (seconds of the benchmarked thing / seconds of the baseline: < 1 is faster than the baseline;
-against ``forward`` it is the cost in forward passes of the model). Issue targets are recorded
+against ``forward`` it is the cost in forward passes of the model). The project's targets are recorded
 as ``target_max_<ratio key>``.
 
 Usage::

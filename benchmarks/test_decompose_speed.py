@@ -18,7 +18,7 @@ before the summed one).
 Correctness is asserted (gate, loop agreement); time never is. Same-run ratios go to
 ``extra_info`` as ``[<variant>_]ratio_vs_<baseline>`` = seconds / seconds of the baseline
 (``forward``: one forward pass of the model, i.e. cost in forward passes; ``loop``: the
-per-pair loop), with the issue's targets as ``target_max_...``; ``benchmarks/ratios.py``
+per-pair loop), with the project's targets as ``target_max_...``; ``benchmarks/ratios.py``
 prints them.
 """
 
@@ -102,7 +102,7 @@ def test_decompose_speed_rope_free(benchmark):
         "ratio_vs_dense_reference_loop": t_ours / t_ref,
         "no_controls_ratio_vs_forward": t_noctl / t_fwd,
         "cold_cache_ratio_vs_forward": t_cold / t_fwd,
-        # issue targets: >= 100x faster than the per-pair loop, within a few (here: 3) forward passes
+        # targets: >= 100x faster than the per-pair loop, within a few (here: 3) forward passes
         "target_max_ratio_vs_loop": 1 / 100,
         "target_max_ratio_vs_forward": 3.0,
         "max_reconstruction_error": d.max_reconstruction_error,
@@ -241,7 +241,7 @@ def test_decompose_speed_rope(benchmark):
         "per_key_route_ratio_vs_forward": t_pk / t_fwd,
         # the summed route (default) against the per-key route, same prompt, same warm cache
         "ratio_vs_per_key_route": t_warm / t_pk,
-        # issue target: amortized over >= 32 prompts within a few (here: 3) forward passes
+        # target: amortized over >= 32 prompts within a few (here: 3) forward passes
         "amortized_per_prompt_s_list": t_each,
         "target_max_amortized_ratio_vs_forward": 3.0,
         "max_reconstruction_error": max(errs),

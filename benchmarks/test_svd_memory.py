@@ -1,4 +1,4 @@
-"""Peak memory of the all-heads SVD (issue: "must stay near the size of the weights: the d×d
+"""Peak memory of the all-heads SVD (requirement: "must stay near the size of the weights: the d×d
 matrices are never formed"). Not timed; runs in CI.
 
 Measured in fresh subprocesses (``_memory.py``: the kernel's peak-RSS counter, reset right
@@ -9,12 +9,11 @@ Bound: every shipped non-dense route needs at most :data:`MAX_PEAK_OVER_WEIGHTS`
 of W_Q and W_K on top of them. What it must hold: the outputs U, V (1× the weights; 1.5× with
 GQA, V is given per query head), ``sign_fix``'s copies of them, and — QR and three-SVD routes —
 Q factors and the GQA-expanded key weights, all of the weights' shape; the cores are
-d_h×d_h. Measured (Nov 2026, this machine): cholesky 2.7× (GPT-2) / 4.2× (SmolLM2), qr and
-three-SVD 3.7× / 5.7×.
+d_h×d_h. Measured figures: benchmarks/README.md.
 
 The dense route (forms each head's D×D Ω and its full SVD) is measured on the first 2 layers
-against the same bound: 15× / 18× measured — it keeps every head's full D×D U and Vᵀ alive
-until the end (the d_h-column slices are views) — so the test can fail: a factored route that
+against the same bound, which it exceeds about twofold — it keeps every head's full D×D U and
+Vᵀ alive until the end (the d_h-column slices are views) — so the test can fail: a factored route that
 formed D×D matrices per head would exceed the bound the same way.
 """
 

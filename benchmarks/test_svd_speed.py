@@ -1,4 +1,4 @@
-"""All-heads SVD speed (MATH.md §4): dense per-head vs TransformerLens three-SVD vs factored.
+"""All-heads SVD speed (docs/math.md §4): dense per-head vs TransformerLens three-SVD vs factored.
 
 Random weights of real model shapes (fp32, CPU). Every route's singular values are asserted
 within 1e-5 relative of a float64 reference — correctness, not timing. The reference is
@@ -8,7 +8,7 @@ dense float64 SVD of Ω on the first heads. The dense fp32 route is timed on the
 linearly in the number of heads (its per-head SVDs are independent); set ``all`` on an idle
 machine for the full measurement. Timing ratios ``ratio_vs_dense`` and ``ratio_vs_three_svd`` (seconds of this route / seconds of
 the baseline, measured in the same run; < 1 is faster) go to ``benchmark.extra_info`` with the
-issue's targets and are printed; nothing is asserted about time (``benchmarks/ratios.py``
+project's targets and are printed; nothing is asserted about time (``benchmarks/ratios.py``
 prints the table). Peak memory: ``test_svd_memory.py``.
 Run: ``pytest benchmarks/test_svd_speed.py -s`` (also works with ``--benchmark-disable``).
 """
@@ -25,7 +25,7 @@ from _shapes import ROUTES, SHAPES, weights
 from _timing import best_of
 from test_svd_memory import MAX_PEAK_OVER_WEIGHTS
 
-#: Issue targets for the default route (all_heads_svd's ``cholesky``) on GPT-2 shapes, as
+#: Targets for the default route (all_heads_svd's ``cholesky``) on GPT-2 shapes, as
 #: maximum ratios this/baseline: ≥ 50× faster than dense, ≥ 2× faster than three-SVD.
 TARGETS = {("gpt2", "cholesky"): {"target_max_ratio_vs_dense": 1 / 50, "target_max_ratio_vs_three_svd": 1 / 2}}
 

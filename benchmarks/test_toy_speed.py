@@ -1,7 +1,7 @@
-"""Toy-model training speed (issue 3, "Speed"): steps/s for 1 instance and for 25 instances, a
+"""Toy-model training speed: steps/s for 1 instance and for 25 instances, a
 25-instance sweep against 25 single runs, and the default config to convergence, on CPU.
 
-The issue: "the default config to convergence must take well under a minute on 2 cores, and a
+The requirement: "the default config to convergence must take well under a minute on 2 cores, and a
 25-instance sweep must cost far less than 25 single runs". Every baseline is timed in the same
 run (``time.perf_counter``, wall clock); nothing about time is asserted. Training uses the
 default config, the trainer's defaults (1 torch thread per process) and no progress bar.
@@ -39,7 +39,7 @@ Also ``steps_per_second_1_instance`` / ``steps_per_second_25_instances`` (from t
 and the batched run) and ``instance_steps_per_second_workers2``.
 
 ``test_toy_default_to_convergence`` — one instance, the default ``TrainConfig`` (10k steps,
-records every 250): ``default_10k_seconds`` (issue target: well under a minute, recorded as
+records every 250): ``default_10k_seconds`` (target: well under a minute, recorded as
 ``target_max_default_10k_seconds`` = 60) and its ``steps_per_second``.
 
 With ``--benchmark-disable`` (CI) every test runs once at a few steps (``STEPS_UNTIMED``): the

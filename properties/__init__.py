@@ -1,4 +1,4 @@
-"""Property-based checks of the paper's theory (MATH.md §2); run with ``pytest -m theory``.
+"""Property-based checks of the paper's theory (docs/math.md §2); run with ``pytest -m theory``.
 
 - ``test_lemmas.py`` — Lemma 1 (softmax shift invariance, both directions), Lemma 2.
 - ``test_lemma3.py`` — Lemma 3 by exact enumeration (n ≤ 5) and Monte Carlo (n ≤ 40).

@@ -1,4 +1,4 @@
-"""Sparsity metrics of an attention-logit decomposition (MATH.md §3), shared by toy and real models.
+"""Sparsity metrics of an attention-logit decomposition (docs/math.md §3.3–§3.5), shared by toy and real models.
 
 All functions act on the last axis and broadcast over leading axes, for numpy arrays or
 torch tensors converted with ``np.asarray``.
@@ -26,7 +26,7 @@ def relative_contributions(terms: np.ndarray, key: int, keys: np.ndarray | None 
 
     ``terms`` has shape ``(..., m, R)``: for each of the m visible keys the R terms of its logit.
     Returns ``c[..., r] = terms[..., key, r] - mean_{k != key} terms[..., k, r]`` (shape ``(..., R)``),
-    which sums over r to the relative attention ``l~_key`` (MATH.md §3).
+    which sums over r to the relative attention ``l~_key`` (docs/math.md §3.3).
     ``keys`` optionally restricts the average to a subset of rows (indices into axis -2);
     ``key`` must then be one of them.
     """
@@ -68,7 +68,7 @@ def reconstruction_count(c: np.ndarray, total: np.ndarray | float | None = None,
     """Smallest k such that the k largest terms of ``c`` sum to at least ``total``.
 
     ``total`` defaults to ``c.sum(-1)`` (exact decompositions). It must be positive: k is only
-    defined for a key whose relative attention is above zero (MATH.md §3); a non-positive
+    defined for a key whose relative attention is above zero (docs/math.md §3.5); a non-positive
     total raises ``ValueError``. Float round-off is guarded by accepting a partial sum that
     falls short of the total by at most ``rtol * sum|c|`` (the size of the summation error).
     If even all terms fall short (possible when ``c`` is a non-exact control decomposition)

@@ -1,4 +1,4 @@
-"""Hand-computable checks of the SAD metrics in svfcheck.metrics (MATH.md §3)."""
+"""Hand-computable checks of the SAD metrics in svfcheck.metrics (docs/math.md §3.3–§3.5)."""
 
 from __future__ import annotations
 

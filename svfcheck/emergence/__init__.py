@@ -1,4 +1,4 @@
-"""SAD emergence over training: checkpoint series and small training runs (issue 4).
+"""SAD emergence over training: checkpoint series and small training runs (paper Fig. 7b, 8, 9b).
 
 - :mod:`.series` — :class:`CheckpointSeries`, a first-class ordered list of (step, locator)
   from a folder, a Pythia-style hub model, or one of our training runs.

@@ -1,4 +1,4 @@
-"""CI gating of model analyses (issue 6).
+"""CI gating of model analyses.
 
 An *analysis spec* (TOML, :mod:`svfcheck.gate.spec`) names a model, a prompt task, a pair
 selection, a seeded random-init baseline and pass conditions; :mod:`svfcheck.gate.evaluate`

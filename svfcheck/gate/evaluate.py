@@ -20,7 +20,7 @@ the two contrast conditions are defined *relative to* the baseline with a margin
 random model measured against another random initialisation (difference ≈ 0, interval
 straddling 0) cannot pass them; ``median_k_at_most`` is absolute, so it is evaluated on the
 baseline too and FAILS as *non-discriminating* when the baseline also meets the bound
-(MATH.md §3: k is small in near-uniform random attention, so this happens). Every SAD
+(docs/math.md §3.5: k is small in near-uniform random attention, so this happens). Every SAD
 condition also FAILS when fewer than ``pairs.min_pairs`` valid pairs were analysed in the
 model or the baseline. ``max_reconstruction_error`` is not a SAD condition: exactness is a
 property of the decomposition and must hold for any weights, random ones included (the

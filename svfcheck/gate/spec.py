@@ -96,7 +96,7 @@ class PairsSpec:
     """``[pairs]``: head set (``all``/``paper``/``discover`` or explicit ``[[layer, head], ...]``),
     pair selection (``top``/``threshold``/``circuit``; default as in :func:`svfcheck.real.sad.analyze`),
     the paper head table name for ``paper``, and the minimum number of analysed pairs a SAD
-    condition needs (issue 5: >= 500 for real-model claims)."""
+    condition needs (>= 500 for real-model claims, docs/math.md §3.8)."""
 
     heads: str | tuple[tuple[int, int], ...] = "all"
     selection: str | None = None

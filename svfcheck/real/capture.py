@@ -1,4 +1,4 @@
-"""Capture what each attention module actually sees and returns (MATH.md §3).
+"""Capture what each attention module actually sees and returns (docs/math.md §3.1, §3.13).
 
 :func:`capture` runs the model once with hooks on every self-attention module and records,
 per layer: the module's input hidden states (the post-norm residual, exactly what the

@@ -1,4 +1,4 @@
-"""Exact sparse attention decomposition of real-model attention logits (MATH.md §3, eq. 1).
+"""Exact sparse attention decomposition of real-model attention logits (docs/math.md §3.2, §3.9–§3.15).
 
 For an analysed pair (prompt b, layer l, head h, query i, key j) the head's logit against every
 visible key k is split into d_h terms ``t_r(i, k) = scale · ν_ik · x̃_iᵀ Ω(Δ_k) v_r v_rᵀ x̃_k``
@@ -656,8 +656,7 @@ def _key_sums(vis: torch.Tensor, O: torch.Tensor, wz: torch.Tensor, overwrite: b
 
     When every query sees a run of keys starting at one common key s (causal attention, also
     with left padding) the sums are prefix sums: one cumulative sum over the keys, O(n·E)
-    instead of the O(n²·E) GEMM (SmolLM2 at 128 tokens: 90 GEMMs of 128×128×4096 per prompt,
-    3.1 ms each on one thread, against 0.44 ms for the prefix sums).
+    instead of the O(n²·E) GEMM.
     Any other mask (sliding window, bidirectional with padding, arbitrary) takes one GEMM each.
     ``overwrite``: ``O`` is the caller's scratch and may hold the prefix sums afterwards (saves
     a 2 MB copy per call)."""
@@ -706,9 +705,8 @@ def _summed_layer(lh, l, idx, pairs, cap, cache, Qs, out, dtype, basis, seed, lo
     each head's pairs and each (prompt, head) group are contiguous runs: the products with a
     head's own matrices (its Q's, ``G_k R_kᵀ``) are one GEMM per head on views, the compiled loops
     run once for the layer over the tables' flat (head·T + row) rows, and the key side is built
-    once per (prompt, kv head). Measured on SmolLM2-135M (warm 128-token prompt, same-window A/B):
-    1.53 → 1.21 s against one pass per (prompt, head) group, once the per-pair products were cut
-    back into group-sized chunks (:data:`_REST_CHUNK`)."""
+    once per (prompt, kv head). This is faster than one pass per (prompt, head) group, provided
+    the per-pair products are cut into group-sized chunks (:data:`_REST_CHUNK`)."""
     L = _layer_setup(lh, l, idx, pairs, cap, cache, Qs, dtype, looked)
     A, kv, Z, Y, rq, rk, rd, slot = L.A, L.kv, L.Z, L.Y, L.rq, L.rk, L.rd, L.slot
     Ut_all, S_all, Vt_all, F_all = L.tables
@@ -874,9 +872,9 @@ def _visible_keys(cap: Capture, pairs: Pairs) -> tuple[list[np.ndarray], np.ndar
     """Per pair, the key positions visible to its query (ascending), and their counts.
 
     Where a (layer, prompt) mask is a prefix run (:func:`_prefix_run`: causal attention, also
-    padded) each pair's keys are a read-only view of one shared ``arange`` (34k pairs of a
-    SmolLM2 prompt: ~10 ms instead of ~110 ms for one array each); other masks (sliding
-    windows, arbitrary) take their own array per pair."""
+    padded) each pair's keys are a read-only view of one shared ``arange`` (tens of thousands
+    of pairs per prompt: much cheaper than one array each); other masks (sliding windows,
+    arbitrary) take their own array per pair."""
     keys: list = [None] * len(pairs)
     n_keys = np.zeros(len(pairs), dtype=np.int64)
     ar = np.arange(cap.token_mask.shape[1])
@@ -922,7 +920,7 @@ def decompose(
 
     ``basis``: ``"pair"`` (SVD of Ω(Δ_j)) or ``"zero"`` (Ω(0)); identical for RoPE-free layers.
     ``method``: ``"auto"`` (fast path for RoPE-free, QK-norm-free layers) or ``"general"``.
-    ``cache`` defaults to the shared per-model :func:`svd_cache` (core SVDs per (layer, Δ)).
+    ``cache`` defaults to the shared per-model :func:`svd_cache` (core SVDs per (layer, head, Δ)).
     ``keep_key_terms`` also returns every visible key's terms per pair (memory: P·m·d_h).
     ``per_key``: in RoPE / QK-norm layers, form every visible key's d_h terms (``m·d_h`` per
     pair; the gate then compares the per-key reconstructed logits themselves) instead of the
@@ -933,10 +931,9 @@ def decompose(
     ``None``: every core this process may use, :func:`~svfcheck.real.threads.svd_workers`;
     ``1``: one after another in the caller's thread). The work is a few GEMMs and compiled
     loops per layer (per (prompt, head) in the per-key route), which run better as independent
-    single-threaded streams than as one stream on two intra-op threads (warm SmolLM2 prompt,
-    2 free cores: 1.9 s vs 2.35 s) — and, with no per-op synchronisation, they stay fast on busy
-    cores. The results do not depend on ``threads`` (every layer is computed on one thread;
-    tested). The core SVDs are computed first, in the caller's thread, on all cores
+    single-threaded streams than as one stream on two intra-op threads — and, with no per-op
+    synchronisation, they stay fast on busy cores. The results do not depend on ``threads``
+    (every layer is computed on one thread; tested). The core SVDs are computed first, in the caller's thread, on all cores
     (see :mod:`svfcheck.real.threads`); torch's thread setting is restored afterwards.
     """
     if basis not in ("pair", "zero"):

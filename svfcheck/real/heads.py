@@ -1,4 +1,4 @@
-"""Exact per-head query/key extraction from ``transformers`` models (MATH.md §3).
+"""Exact per-head query/key extraction from ``transformers`` models (docs/math.md §3.1, §3.9–§3.12).
 
 :func:`extract_heads` reads, for every attention layer, the query/key maps, biases, rotary
 spec, the module's own attention scale, the GQA key-head mapping, QK-norm gains and the

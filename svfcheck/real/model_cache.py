@@ -149,8 +149,8 @@ def _hash_file(path: Path) -> str:
 def _file_sha256(path: Path) -> str:
     """sha256 of ``path``, memoized per (path, size, mtime_ns, ctime_ns, inode).
 
-    Hashing SmolLM2's 538 MB converted weights takes 0.28 s (measured, page cache warm), so each
-    file is hashed once per process. Any later rewrite changes ctime (which, unlike mtime,
+    Hashing a converted model's weights (hundreds of MB) takes a noticeable fraction of a
+    second, so each file is hashed once per process. Any later rewrite changes ctime (which, unlike mtime,
     ``os.utime`` cannot restore) and a replaced file has a new inode, so the memo does not hide
     a change made after the hash (timestamps tick coarsely: not one within the same few ms).
     """

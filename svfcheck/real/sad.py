@@ -2,8 +2,9 @@
 
 :func:`analyze` runs one model on a prompt set and returns a :class:`SADResult` (per-pair
 records, per-head and overall summaries, the reconstruction gate); :func:`contrast` compares a
-trained model with its seeded random initialisation (MATH.md §3, "Controls are not enough on
-their own"); :meth:`SADResult.to_json` gives the ``sad.json`` layout of issue 5.
+trained model with its seeded random initialisation (docs/math.md §3.8: a rotation control
+alone is not evidence); :meth:`SADResult.to_json` gives the ``sad.json`` that ``svfcheck sad``
+writes.
 
 Head sets: ``"all"`` (every head), ``"paper"`` (the paper's table, :func:`paper_circuit`),
 ``"discover"`` (:func:`discover_heads` on the same IOI prompts) or an explicit list of
@@ -182,7 +183,7 @@ class SADResult:
         return sorted({str(r) for r in self.records["role"] if r})
 
     def to_json(self, compact: bool = False) -> dict[str, Any]:
-        """The issue's ``sad.json`` content (plain JSON types).
+        """The ``sad.json`` content (plain JSON types).
 
         ``pairs`` is a list of one dict per pair (``pairs_format: "rows"``), or with
         ``compact=True`` one dict of parallel arrays, one per field (``pairs_format:

@@ -1,4 +1,4 @@
-"""All-heads SVD of ``Ω = W̃_Q M W̃_Kᵀ`` by the factored route (MATH.md §4).
+"""All-heads SVD of ``Ω = W̃_Q M W̃_Kᵀ`` by the factored route (docs/math.md §4).
 
 ``M`` is the d_h×d_h middle matrix: identity, or ``G_q R_Δ G_k`` with RoPE offset Δ and
 QK-norm gains. Routes (all return the same U, S, V up to round-off):

@@ -1,28 +1,24 @@
 """Thread control for the engine's small-op-heavy parts.
 
-The per-(layer, head, Δ) core SVDs are thousands of d_h×d_h SVDs. On free cores 1 and 2
-threads take the same time (1,152 SVDs of 64×64: 0.52 s either way); on a shared machine 2
-threads are many times slower (SmolLM2, 30 layers × 128 Δ × 9 heads: 131.8 s on 2 threads vs
-≈18 s on 1). So :class:`~svfcheck.real.svd.SVDCache` always computes them with one intra-op thread — but
-on several cores at once through :func:`batched_svd`: the batch is cut into one contiguous
-chunk per core and each chunk runs single-threaded in its own Python thread (torch releases the
-GIL), so there is no per-matrix synchronisation to suffer from busy cores, and the results are
-bit-identical to one call (each matrix's SVD is computed alone; tested). Measured (SmolLM2,
-all 34,560 cores of 128-token prompts, certified Gram route, 2 cores): ≈ 22 s, about 0.63 ms
-per core (benchmarks/README.md). :func:`batched_map` is the general form: each chunk's SVD
-runs together with its per-matrix follow-up (sign convention, key-side factor) on the same
-worker, so that work is spread over the cores too; with ``out=`` it feeds each chunk in small
-blocks and writes into preallocated tables (no chunk-sized temporaries, whose fresh pages cost
-about a third of the table build). :func:`batched_jobs` runs several such jobs as one range
-cut per worker: the cache computes the new cores of all layers of a decomposition in one run,
-each block writing its entries (and their converted copies and basis-control rows) straight
-into the tables, so that a prompt needing a few new cores per layer still uses every core
-(12 cold SmolLM2 prompts from an empty cache, same-window A/B: 3.53 → 2.95 s mean). The decomposition proper
-is a few GEMMs and compiled per-pair loops (which release the GIL) per layer:
-:func:`parallel_map` runs its layers side by side, one thread each (measured before the loops
-were compiled, warm SmolLM2 prompt on 2 free cores: 1.9 s, against 2.35 s for one stream on 2
-intra-op threads and 3.3 s on one; on this 2-vCPU machine two workers give about 1.5×), and
-:func:`~svfcheck.real.decompose.decompose` takes ``threads=`` (how many side by side).
+The per-(layer, head, Δ) core SVDs are thousands of d_h×d_h SVDs. On free cores one and two
+intra-op threads take the same time; on a shared machine two threads are many times slower
+(they wait for each other). So :class:`~svfcheck.real.svd.SVDCache` always computes them with
+one intra-op thread — but on several cores at once through :func:`batched_svd`: the batch is
+cut into one contiguous chunk per core and each chunk runs single-threaded in its own Python
+thread (torch releases the GIL), so there is no per-matrix synchronisation to suffer from busy
+cores, and the results are bit-identical to one call (each matrix's SVD is computed alone;
+tested). :func:`batched_map` is the general form: each chunk's SVD runs together with its
+per-matrix follow-up (sign convention, key-side factor) on the same worker, so that work is
+spread over the cores too; with ``out=`` it feeds each chunk in small blocks and writes into
+preallocated tables (no chunk-sized temporaries, whose fresh pages are a large part of the cost
+of building a table). :func:`batched_jobs` runs several such jobs as one range cut per worker:
+the cache computes the new cores of all layers of a decomposition in one run, each block
+writing its entries (and their converted copies and basis-control rows) straight into the
+tables, so that a prompt needing a few new cores per layer still uses every core. The
+decomposition proper is a few GEMMs and compiled per-pair loops (which release the GIL) per
+layer: :func:`parallel_map` runs its layers side by side, one thread each (faster than one
+stream on several intra-op threads), and :func:`~svfcheck.real.decompose.decompose` takes
+``threads=`` (how many side by side). Measured figures: benchmarks/README.md.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def theory_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[S
     return Section("Theory (paper App. B)", claims=claims, notes=(f"computed in {s['seconds']} s",)), s
 
 
-#: Paper Table 1 trains 10k steps; the issue's criterion is mean index-matched |cos| ≥ 0.9.
+#: Paper Table 1 trains 10k steps; the alignment criterion is mean index-matched |cos| ≥ 0.9.
 TOY_STEPS, TOY_MIN_COS = 10_000, 0.9
 
 

@@ -1,12 +1,12 @@
 """The report's real-model section: sparse attention decomposition (paper §5) on offline models.
 
 SAD is measured as a *contrast* between a trained model and a seeded random initialisation of
-the same architecture (MATH.md §3, "Controls are not enough on their own": an untrained network
-already beats a rotated basis, so a control alone is not evidence). Same prompts, same
+the same architecture (docs/math.md §3.8: an untrained network already beats a rotated basis,
+so a control alone is not evidence). Same prompts, same
 training-independent selection (every query's top-attended non-first key, all heads).
 
 Models: SmolLM2-135M on IOI prompts (RoPE, GQA), and MiniLM-L6 on plain text (bidirectional,
-RoPE-free). Both install offline (MODELS.md); no model hub is contacted.
+RoPE-free). Both install offline (docs/models.md); no model hub is contacted.
 
 Claims per model:
 
@@ -52,8 +52,8 @@ class RealBudget:
 
 
 def budget(quick: bool) -> RealBudget:
-    """Default: ~2–3 min on 2 busy CPU cores (measured: SmolLM2 load 21 s, SAD 26 s trained +
-    17 s random, contrast 14 s on 4 prompts). Quick: one prompt per model, fewer resamples."""
+    """Default: ~2–3 min on 2 busy CPU cores (the section's JSON records each step's seconds).
+    Quick: one prompt per model, fewer resamples."""
     if quick:
         return RealBudget(ioi_prompts=1, text_prompts=1, text_tokens=48, n_boot=1_000, n_boot_head=100, minilm=True)
     return RealBudget(ioi_prompts=4, text_prompts=2, text_tokens=64, n_boot=10_000, n_boot_head=1_000, minilm=True)

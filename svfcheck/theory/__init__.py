@@ -1,4 +1,4 @@
-"""The paper's theory (App. B, MATH.md §2) as small numerical building blocks.
+"""The paper's theory (App. B, docs/math.md §2) as small numerical building blocks.
 
 - :mod:`.dictionaries` — unit-norm feature dictionaries, frame operator, isotropy, samplers.
 - :mod:`.sampling` — Bernoulli token sampling, exact / Monte Carlo second moments, Lemma 3.

@@ -1,4 +1,4 @@
-"""Theorem 2 (approximate alignment) bounds, angles and anti-whitening (MATH.md §2).
+"""Theorem 2 (approximate alignment) bounds, angles and anti-whitening (docs/math.md §2.5).
 
 With ``Σ = c(I + E)``, ``‖E‖₂ ≤ ε < 1``: ``δ = ε/(1−ε)``, ``η = 2δ + δ²``; the paper's bound
 ``max(sin∠(u,a*), sin∠(v,b*)) ≤ η/(1−η)`` (needs ``η < 1``) and the tighter rank-1 bound

@@ -1,4 +1,4 @@
-"""Unit-norm feature dictionaries (MATH.md §2): validation, frame operator, isotropy, samplers.
+"""Unit-norm feature dictionaries (docs/math.md §2.1): validation, frame operator, isotropy, samplers.
 
 A dictionary is a float64 array ``A`` of shape ``(d, n)`` whose columns are unit-norm features.
 Its frame operator is ``Σ_A = A Aᵀ`` (d×d). It is *tight* (isotropic) when ``Σ_A = c I``.
@@ -88,7 +88,7 @@ def frame_operator(A) -> np.ndarray:
 def isotropy(A) -> tuple[float, float]:
     """Best ``c`` and smallest ``ε`` with ``Σ_A = c (I + E)``, ``||E||₂ = ε``.
 
-    ``c = (λmax + λmin)/2`` and ``ε = (λmax − λmin)/(λmax + λmin)`` (MATH.md §2, Theorem 2).
+    ``c = (λmax + λmin)/2`` and ``ε = (λmax − λmin)/(λmax + λmin)`` (docs/math.md §2.5, Theorem 2).
     """
     lam = np.linalg.eigvalsh(frame_operator(A))
     lo, hi = float(lam[0]), float(lam[-1])

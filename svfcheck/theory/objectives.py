@@ -1,4 +1,4 @@
-"""Softmax objectives and the Theorem 1 teacher / closed-form minimizer (MATH.md §2).
+"""Softmax objectives and the Theorem 1 teacher / closed-form minimizer (docs/math.md §2.1–§2.3).
 
 Distributions and logits live on the last axis. ``0·log 0 = 0`` throughout.
 """

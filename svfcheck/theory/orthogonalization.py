@@ -1,4 +1,4 @@
-"""Theorem 3 (feature orthogonalization), exactly as MATH.md §2.
+"""Theorem 3 (feature orthogonalization), as stated in docs/math.md §2.6.
 
 Fixed ``M = s1 u1 v1ᵀ + s2 u2 v2ᵀ`` (orthonormal u's, v's); ``a1 = u1``, ``b1 = v1`` fixed;
 ``a2``, ``b2`` trainable unit vectors. Context c ∈ {1, 2}: query ``a_c``, keys ``{b1, b2}``;

@@ -1,4 +1,4 @@
-"""Token sampling in the theory setting (MATH.md §2) and the second moments of Lemma 3.
+"""Token sampling in the theory setting (docs/math.md §2.1) and the second moments of Lemma 3.
 
 Every feature index enters each subset independently with probability ``p``. The query is
 ``q = Σ_{i∈S_0} a_i`` and the keys are ``k_t = Σ_{j∈S_t} b_j`` for t = 1..m.

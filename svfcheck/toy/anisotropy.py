@@ -1,4 +1,4 @@
-"""App. C.3: alignment under controlled anisotropy, against Theorem 2 (MATH.md §2).
+"""App. C.3: alignment under controlled anisotropy, against Theorem 2 (docs/math.md §2.5).
 
 Frozen dictionaries ``A`` (d=10, n=20) with an exactly controlled isotropy ε
 (``dictionary=``):
@@ -29,7 +29,7 @@ Two teachers:
 Measurement (paper App. C.3): for each pair, max over singular indices of |cos(a_t, u_j)|
 (raw) and of |cos(a_t, Σ_A u_j)| (anti-whitened), likewise b_t with V; averaged over the
 pairs and over query/key. The Theorem 2 lower bound on |cos| is ``√(1 − (η/(1−η))²)`` where
-``η < 1`` (ε < 0.293), and the rank-1 bound ``√(1 − δ²)`` (MATH.md §2).
+``η < 1`` (ε < 0.293), and the rank-1 bound ``√(1 − δ²)`` (docs/math.md §2.5).
 """
 
 from __future__ import annotations

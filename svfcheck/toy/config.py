@@ -1,4 +1,4 @@
-"""Frozen, validated configurations of the toy model (MATH.md §1, paper §3 and App. A/D/E).
+"""Frozen, validated configurations of the toy model (docs/math.md §1, paper §3 and App. A/D/E).
 
 :class:`ToyConfig` describes one model instance (shapes, data distribution, target logits Λ,
 loss weight λ). :class:`TrainConfig` describes the optimisation. Both validate themselves in
@@ -7,7 +7,7 @@ loss weight λ). :class:`TrainConfig` describes the optimisation. Both validate 
 Λ is stored sparsely as ``pairs``: a tuple of ``(a, b, value)`` triples meaning
 ``Λ[a, b] = value`` (query feature ``a``, key feature ``b``). The *pairs of interest* are the
 non-zero entries ordered by value, largest first; pair ``t`` is expected to align with
-singular index ``t`` (MATH.md §1). Use :meth:`ToyConfig.from_matrix` to build a config from a
+singular index ``t`` (docs/math.md §1.4). Use :meth:`ToyConfig.from_matrix` to build a config from a
 dense ``n×n`` Λ (its shape is checked).
 
 Named presets (:func:`preset`):
@@ -87,13 +87,13 @@ class RopeConfig:
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """One toy-model instance: shapes, data distribution and target (MATH.md §1).
+    """One toy-model instance: shapes, data distribution and target (docs/math.md §1).
 
     ``n`` features in ``d`` token dimensions, head dimension ``d_h`` (≤ d), ``m`` keys per
     query, feature probability ``p`` ∈ (0, 1], loss weight ``lam`` (λ) ≥ 0, ``n_keys`` key
     tokens per step (queries per step = ``n_keys // m``), ``pairs`` = sparse Λ.
-    ``strengths``: ``"uniform"`` — f_i = Bernoulli(p)·U[0,1) (MATH.md §1, Elhage et al.);
-    ``"binary"`` — f_i = Bernoulli(p) (the theorems' setting, MATH.md §2; used by App. C.3).
+    ``strengths``: ``"uniform"`` — f_i = Bernoulli(p)·U[0,1) (docs/math.md §1.1, Elhage et al.);
+    ``"binary"`` — f_i = Bernoulli(p) (the theorems' setting, docs/math.md §2.1; used by App. C.3).
     """
 
     n: int = 20
@@ -226,7 +226,7 @@ class TrainConfig:
     instance's one-to-one alignment (:func:`svfcheck.toy.metrics.one_to_one_alignment`: every
     pair of interest on its own singular index, any order, query and key |cos| ≥ the value),
     read at each record, has stayed ≥ ``stop_aligned`` at every record for
-    the last ``stop_patience`` steps ("until results stabilize", MATH.md §1). The cosine
+    the last ``stop_patience`` steps ("until results stabilize", docs/math.md §1.3). The cosine
     schedule still spans ``steps``; the trajectory ends at the stopping step.
     """
 

@@ -1,4 +1,4 @@
-"""Alignment metrics of a trained toy instance (MATH.md §1; paper Fig. 1, 2, 11, App. C.1).
+"""Alignment metrics of a trained toy instance (docs/math.md §1.4; paper Fig. 1, 2, 11, App. C.1).
 
 All functions take unpadded float64 numpy weights of ONE instance (``W`` d×n, ``WQ``/``WK``
 d×d_h) and its :class:`~svfcheck.toy.config.ToyConfig`. :func:`summarize` bundles them into a

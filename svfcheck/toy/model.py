@@ -1,4 +1,4 @@
-"""The toy model of MATH.md §1, vectorised over *instances* (leading axis ``I``).
+"""The toy model of docs/math.md §1, vectorised over *instances* (leading axis ``I``).
 
 Each instance ``i`` has its own :class:`~svfcheck.toy.config.ToyConfig` and seed. Instances in
 one :class:`ToyModel` must share ``d``, ``m``, ``n_keys``, ``strengths`` and ``rope`` (the
@@ -19,7 +19,7 @@ Forward pass for a query token with strengths ``f_r`` and keys ``f_{s_1..s_m}``:
 keys of the step **(choice)**; logits ``ℓ_j = x_rᵀ W_Q W_Kᵀ x_{s_j}`` (no scale); target
 ``ℓ*_j = f_rᵀ Λ f_{s_j}``; ``L_attn = mean_queries CE(softmax ℓ*, softmax ℓ)``;
 ``L = L_rec + λ L_attn``. With a ``teacher`` (I,d,d) the target is ``x_rᵀ M_T x_s`` instead
-(MATH.md §2's student–teacher setting, used by App. C.3).
+(the student–teacher setting of docs/math.md §2.1, used by App. C.3).
 
 Sampling **(choice)**: one uniform ``u ~ U[0,1)`` per feature gives both the Bernoulli(p)
 presence ``u < p`` and the strength ``u/p`` (which is U[0,1) given presence) — the same
@@ -376,7 +376,7 @@ class ToyModel(torch.nn.Module):
         xq, xk = x[:, :Q], x[:, Q:].reshape(I, Q, m, -1)
         logits = self.head_logits(xq, xk, batch.pos_q, batch.pos_k)
         with torch.no_grad():
-            if self.teacher is not None:  # student-teacher setting of MATH.md §2: ℓ* = x_rᵀ M_T x_s
+            if self.teacher is not None:  # student-teacher setting of docs/math.md §2.1: ℓ* = x_rᵀ M_T x_s
                 tgt = (torch.bmm(xq, self.teacher)[:, :, None, :] * xk).sum(-1)
             else:
                 tgt = self.target_logits(fq, fk, batch.pos_q, batch.pos_k)
@@ -411,8 +411,7 @@ class ToyModel(torch.nn.Module):
         default instances) are work arrays of the model (:meth:`_work`), allocated once and
         reused by every step. Why: glibc serves arrays of this size (≥ ~128 KB) by mapping fresh
         pages, so each step paid a page fault per 4 KB touched; with the per-step batch array
-        (see :meth:`next_batch`) that was ≈1.6k faults and 3.5–4.3 ms of system time per
-        25-instance step of 10–14 ms (≈6.3 ms with the faults removed by malloc tuning). The returned
+        (see :meth:`next_batch`) that was a large share of a 25-instance step. The returned
         losses and the ``.grad`` tensors are fresh (small). The operations and operands are
         those of fresh arrays (both 64-byte aligned), so the results are bit for bit unchanged
         (tested against fresh arrays in tests/toy/test_fast_paths.py).

@@ -113,7 +113,7 @@ def run_default(out_dir, seeds: Sequence[int] = (0, 1, 2), steps: int = 10_000, 
 
     Writes ``default_*.png`` (cosine heatmaps, feature cosines, spectrum, training dynamics,
     SAD) and ``toy.json`` into ``out_dir`` and returns the same dict. ``all_aligned`` is the
-    issue's claim: every seed passes :func:`~svfcheck.toy.metrics.check_alignment` (mean
+    alignment claim: every seed passes :func:`~svfcheck.toy.metrics.check_alignment` (mean
     index-matched |cos| ≥ 0.9 for query and key features, top-4 singular values ordered like Λ).
     """
     return run_preset("default", out_dir, seeds=seeds, steps=steps, progress=progress, device=device)

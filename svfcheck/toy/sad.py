@@ -1,7 +1,7 @@
 """Sparse attention decomposition (SAD) in the toy model (paper §5, Fig. 5, 6, 7a, App. F).
 
 For a query token ``x_r`` and keys ``x_{s_1..s_m}`` the logit of key k splits into the SVD terms
-``t_r(k) = (x_rᵀu_ρ) s_ρ (v_ρᵀ x_{s_k})``, ρ = 1..d_h (MATH.md §3, eq. 1). The relative
+``t_r(k) = (x_rᵀu_ρ) s_ρ (v_ρᵀ x_{s_k})``, ρ = 1..d_h (docs/math.md §3.2, §3.16). The relative
 attention of the attended key j splits term-wise into
 ``c_ρ(j) = t_ρ(j) − mean_{k≠j} t_ρ(k)`` (:func:`svfcheck.metrics.relative_contributions`),
 and its sparsity is the Rolls–Tovee ``S(c)`` (:func:`svfcheck.metrics.rolls_tovee`).

@@ -1,4 +1,4 @@
-"""Training of batched toy models (MATH.md §1, paper App. A.1).
+"""Training of batched toy models (docs/math.md §1.3, paper App. A.1).
 
 - :func:`train` trains one :class:`~svfcheck.toy.model.ToyModel` (all its instances at once):
   AdamW, lr with cosine decay to 0 over ``steps``, ``n_keys`` keys and ``n_keys/m`` queries

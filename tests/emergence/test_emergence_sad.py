@@ -1,4 +1,4 @@
-"""SAD over training (issue 4): svfcheck.emergence.sad_sweep, its figures and the CLI.
+"""SAD over training (paper Fig. 7b, 8, 9b): svfcheck.emergence.sad_sweep, its figures and the CLI.
 
 Fast tests (unmarked) use tiny random GPT-2 checkpoints written here; ``gpu`` tests reuse the
 session's trained runs (tests/emergence/conftest.py) and a tiny 12x12 GPT-NeoX saved as fake

@@ -93,7 +93,7 @@ def test_shipped_specs_parse_and_are_gated(path):
     assert kinds & SAD_KINDS, "a shipped spec must test the SAD prediction"
     assert "max_reconstruction_error" in kinds, "a shipped spec must gate exactness"
     assert s.baseline is not None and not s.model.random_init
-    assert s.pairs.min_pairs >= 500  # issue 5: >= 500 pairs for real-model claims
+    assert s.pairs.min_pairs >= 500  # real-model claims need >= 500 pairs (docs/math.md §3.8)
     for c in s.conditions:
         if c.kind in ("sad_effect_vs_random_init", "s_svd_below_random_init"):
             assert c.margin > 0, f"{path.name}: {c.name} has margin 0; seed-to-seed variation could pass it"

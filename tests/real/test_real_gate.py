@@ -1,5 +1,5 @@
 """Exactness gate on the offline real models (``gpu``): the summed SVD terms reproduce the
-model's own attention (MATH.md §3, "Exactness gate"). MiniLM-L6 is gated in test_exactness.py.
+model's own attention (docs/math.md §3.14). MiniLM-L6 is gated in test_exactness.py.
 
 Error = max over analysed pairs and visible keys of |log_softmax(reconstructed logits) −
 log(model attention)|, on IOI and plain-text prompts, every head's top-attended pairs.

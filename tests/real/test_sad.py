@@ -1,6 +1,6 @@
 """SAD on real pretrained models as a contrast with seeded random initialisation (``gpu``).
 
-MATH.md §3, "Controls are not enough on their own": an untrained network already beats a
+docs/math.md §3.8 (controls are not evidence on their own): an untrained network already beats a
 rotated basis (p ≪ 1e-3) because SVD terms carry the singular-value spread, so the evidence
 is the contrast: same architecture at ``load_model(name, random_init=True, seed=0)``, same
 prompts, same training-independent selection (every query's top-attended non-first key),

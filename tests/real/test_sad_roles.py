@@ -1,4 +1,4 @@
-"""Per-role trained-vs-random-init contrast on SmolLM2 IOI (``gpu``; issue 5, MATH.md §3).
+"""Per-role trained-vs-random-init contrast on SmolLM2 IOI (``gpu``; docs/math.md §3.8).
 
 Heads are discovered on the trained model (top 3 per role: name mover END→IO, S-inhibition
 END→S2, induction S2→S1+1, previous token S1+1→S1); the random initialisation

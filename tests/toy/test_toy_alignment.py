@@ -1,7 +1,8 @@
-"""Heavy toy-model checks of the paper's claims (issue 3). Marked ``gpu``; pass on CPU.
+"""Heavy toy-model checks of the paper's claims (docs/math.md §1). Marked ``gpu``; pass on CPU.
 
 Trained models come from the session fixtures in ``conftest.py`` (each trained once).
-Thresholds are the issue's unless a comment states another with its reason.
+Thresholds are the claims' acceptance thresholds (|cos| ≥ 0.9 for alignment) unless a comment
+states another with its reason.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def test_single_pair(toy_main, seed):
 
 def _f100_check(summary):
     """All 20 pairs align, matching-free: every pair's query and key feature has |cos| ≥ 0.9 with
-    some singular vector. 0.9 is the issue's alignment threshold, applied to every pair (not the
+    some singular vector. 0.9 is the alignment threshold, applied to every pair (not the
     mean) because the claim is that *all* pairs align; by chance (random unit vectors in R^50
     against 50 orthonormal directions) the max |cos| is ≈ 0.4, so 0.9 is far from chance.
     Matching-free because the two lowest-logit pairs may share one singular vector (measured:
@@ -125,7 +126,7 @@ def test_negative_control_lambda0_fails(toy_main):
     assert not check_alignment(s, min_mean_cos=0.95, min_each_cos=0.95, min_gap=10.0, n_pairs=1).ok
 
 
-# ---- App. A sweeps (matching-free, as the issue asks) ---------------------------------------
+# ---- App. A sweeps (matching-free) ---------------------------------------------------------
 
 def _sweep_ok(summary):
     return check_alignment(summary, min_mean_cos=0.9, ordered=False, matching_free=True)
@@ -350,7 +351,7 @@ def test_anisotropy_theorem2_bound(toy_aniso, teacher):
 
 
 def test_anisotropy_rank1_bound_whitened(toy_aniso):
-    """MATH.md §2: the minimiser is exactly rank 1, so the tighter bound sin∠(u, a*) ≤ δ = ε/(1−ε)
+    """docs/math.md §2.5: the minimiser is exactly rank 1, so the tighter bound sin∠(u, a*) ≤ δ = ε/(1−ε)
     holds wherever δ < 1 (ε < 0.5) — checked in the theorem's own (whitened-teacher) setting,
     with the same measured optimisation slack as above."""
     rows = toy_aniso["whitened"]["summary"]
