@@ -46,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="device for gpu-marked tests: auto (cuda when present, else cpu), cpu or cuda",
     )
     group.addoption(
+        "--record-goldens",
+        action="store_true",
+        default=False,
+        help="write the golden results of the selected golden tests to tests/goldens/ instead of comparing (tests/_goldens.py)",
+    )
+    group.addoption(
         "--require-cuda",
         action="store_true",
         default=False,

@@ -84,3 +84,14 @@ def test_default_report_reproduces_theory_toy_and_real_model_claims(tmp_path_fac
     assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) >= 4 + 5
     assert "Theorem 2" in page and "Toy model" in page and REAL in page and "smollm2-135m" in page
     assert [p["title"] for p in r["page"]] == [t for t, _ in paper.SECTIONS]
+
+
+@pytest.mark.gpu
+def test_default_report_golden(tmp_path_factory, request):
+    """Every claim's measured figure and verdict, and every section's data, as recorded
+    (tests/_goldens.py): a refactor must not move a number of the main job."""
+    from tests._goldens import check_json
+
+    _, r = default_report(tmp_path_factory)
+    check_json("report-default", {k: r[k] for k in ("claims", "n_claims", "n_passed", "n_errors", "sections", "page")},
+               request)
