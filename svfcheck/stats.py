@@ -79,21 +79,38 @@ def _check(level: float, n_boot: int) -> None:
         raise ValueError(f"n_boot must be >= 100, got {n_boot}")
 
 
-def _boot_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of n_boot resamples of x, drawn in chunks to bound memory."""
-    n = x.size
-    chunk = max(1, min(n_boot, 2_000_000 // max(n, 1)))
-    out = np.empty(n_boot)
+def bootstrap_means(cols: np.ndarray, n_boot: int, rng: np.random.Generator, chunk_elems: int = 2_000_000) -> np.ndarray:
+    """Means of ``n_boot`` resamples of the columns of ``cols`` (k, n), one set of resampled
+    indices shared by all k rows (a paired bootstrap: k means for the cost of one index draw).
+
+    Resamples are drawn ``chunk_elems // n`` at a time to bound memory ((k, chunk, n) values).
+    Returns (k, n_boot). The one bootstrap of the project: every interval comes from here.
+    """
+    cols = np.atleast_2d(cols)
+    n = cols.shape[1]
+    chunk = max(1, min(n_boot, chunk_elems // max(n, 1)))
+    out = np.empty((cols.shape[0], n_boot))
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
         idx = rng.integers(0, n, size=(stop - start, n))
-        out[start:stop] = x[idx].mean(axis=1)
+        out[:, start:stop] = cols[:, idx].mean(axis=-1)
     return out
 
 
-def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+def _boot_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of n_boot resamples of the 1-D sample x."""
+    return bootstrap_means(x[None], n_boot, rng)[0]
+
+
+def percentile_intervals(boot: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile intervals at ``level`` of bootstrap means ``boot`` (..., n_boot): (low, high)."""
     alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha], axis=-1)
+    return lo, hi
+
+
+def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = percentile_intervals(boot, level)
     return float(lo), float(hi)
 
 

@@ -108,6 +108,27 @@ def _head_list(heads, n_layers, n_heads) -> list[tuple[int, int]]:
     return heads
 
 
+def top_keys(attn: torch.Tensor, visible: torch.Tensor, *, skip_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one rule for "each query's top-attended key": the visible key (other than key 0 when
+    ``skip_first``) with the largest attention, the earliest on ties; a query qualifies when it
+    sees at least 2 keys and has a candidate.
+
+    Args:
+        attn: attention probabilities (..., Q, K), any leading dims (layers, batch, heads).
+        visible: bool (..., Q, K) broadcastable to ``attn``: key k visible to query q.
+    Returns:
+        ``(best, ok)``, both (..., Q): the chosen key per query (meaningless where not ok) and
+        whether the query qualifies.
+    """
+    visible = visible.expand_as(attn) if visible.shape != attn.shape else visible
+    cand = visible.clone()
+    if skip_first:
+        cand[..., 0] = False
+    best = torch.where(cand, attn, torch.full_like(attn, -1.0)).argmax(-1)  # first maximum
+    ok = (visible.sum(-1) >= 2) & cand.any(-1)
+    return best, ok
+
+
 def top_key_pairs(
     attn: torch.Tensor,
     visible: torch.Tensor | None = None,
@@ -126,11 +147,7 @@ def top_key_pairs(
     L, H, Q, _ = attn.shape
     hl = _head_list(heads, L, H)
     m = visible.sum(-1)  # [L, H, Q]
-    cand = visible.clone()
-    if skip_first:
-        cand[..., 0] = False
-    best = torch.where(cand, attn, torch.full_like(attn, -1.0)).argmax(-1)  # first maximum
-    ok = (m >= 2) & cand.any(-1)
+    best, ok = top_keys(attn, visible, skip_first=skip_first)
     best_att = attn.gather(-1, best[..., None])[..., 0]
     pairs, skipped = [], 0
     for layer, head in hl:

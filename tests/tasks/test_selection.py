@@ -201,3 +201,24 @@ def test_validate_heads_for_config_and_discovered_circuit():
     }
     sel = circuit_pairs(cases[0][0], cases[0][1], table)
     assert len(sel) == 4
+
+
+def test_top_keys_is_the_one_rule():
+    """Hand cases of the shared rule (used by top_key_pairs, the emergence sweep and
+    top_attended_pairs): key 0 excluded, ties to the earliest key, a query needs 2 visible keys
+    and a candidate."""
+    from svfcheck.tasks.selection import top_keys
+
+    attn = torch.tensor([[0.9, 0.1, 0.0, 0.0],  # q0 sees only key 0: no candidate
+                         [0.5, 0.5, 0.0, 0.0],  # q1: key 1 (key 0 excluded although tied)
+                         [0.2, 0.4, 0.4, 0.0],  # q2: tie 1 vs 2 -> 1
+                         [0.1, 0.2, 0.3, 0.4]])  # q3 sees only key 3 (window 1): fewer than 2 keys
+    vis = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    best, ok = top_keys(attn, vis)
+    assert ok.tolist() == [False, True, True, False]
+    assert best[1:3].tolist() == [1, 1]
+    best, ok = top_keys(attn, vis, skip_first=False)
+    assert ok.tolist() == [False, True, True, False] and best[1:3].tolist() == [0, 1]
+    # leading dims broadcast: (heads, Q, K) attention against (Q, K) visibility
+    b2, o2 = top_keys(torch.stack([attn, attn.flip(-1)]), vis)
+    assert torch.equal(b2[0], top_keys(attn, vis)[0]) and torch.equal(o2[1], o2[0])
