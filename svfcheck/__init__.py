@@ -55,8 +55,8 @@ _API: dict[str, tuple[str, str]] = {
     "Decomposition": ("svfcheck.real.decompose", "Decomposition"),
     # analysis of prompts
     "generate_ioi_prompts": ("svfcheck.tasks.ioi", "generate_ioi_prompts"),
-    "text_prompts": ("svfcheck.real.sad", "text_prompts"),
-    "DEFAULT_TEXT": ("svfcheck.real.sad", "DEFAULT_TEXT"),
+    "text_prompts": ("svfcheck.tasks.prompts", "text_prompts"),
+    "DEFAULT_TEXT": ("svfcheck.tasks.prompts", "DEFAULT_TEXT"),
     "analyze": ("svfcheck.real.sad", "analyze"),
     "SADResult": ("svfcheck.real.sad", "SADResult"),
     "contrast": ("svfcheck.real.sad", "contrast"),

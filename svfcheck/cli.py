@@ -60,24 +60,22 @@ def _cmd_theory(args: argparse.Namespace) -> int:
 
 
 def _cmd_sad(args: argparse.Namespace) -> int:
-    import torch
-
     from svfcheck.real.figures import write_figures
     from svfcheck.real.models import load_model
-    from svfcheck.real.sad import DEFAULT_TEXT, analyze, contrast, text_prompts
+    from svfcheck.real.pipeline import run_sad
+    from svfcheck.real.settings import SADSettings
     from svfcheck.tasks.ioi import generate_ioi_prompts
+    from svfcheck.tasks.prompts import DEFAULT_TEXT, text_prompts
 
-    heads = args.heads
-    if args.head:
-        heads = [_layer_head(h) for h in args.head]
+    heads = tuple(_layer_head(h) for h in args.head) if args.head else args.heads
     if args.circuit is not None and args.heads != "paper":
         raise UsageError(f"--circuit {args.circuit} only applies with --heads paper (got --heads {args.heads})")
     if args.text_file is not None:
         if args.task != "text":
             raise UsageError(f"--text-file only applies with --task text (got --task {args.task})")
         text_file = input_file(args.text_file, "--text-file")
+    settings = SADSettings(heads=heads, selection=args.selection, circuit=args.circuit, seed=args.seed, dtype=args.dtype)
     out = prepare_out_dir(args.out)  # before the analysis: a bad --out must not cost a finished analysis
-    dtype = None if args.dtype is None else {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     progress = not args.quiet
     lm = load_model(args.model, revision=args.revision, progress=progress)
     if args.task == "ioi":
@@ -89,20 +87,12 @@ def _cmd_sad(args: argparse.Namespace) -> int:
             n_tok = len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
             n = max(1, min(8, n_tok // max(args.prompt_tokens, 1)))
         prompts = text_prompts(lm.tokenizer, text, n, args.prompt_tokens)
-    kw = dict(heads=heads, selection=args.selection, circuit=args.circuit, seed=args.seed, dtype=dtype, progress=progress)
-    res = analyze(lm, prompts, **kw)
-    data = {"trained": res.to_json(compact=args.compact)}
-    base = None
+    rl = None
     if args.baseline == "random-init":
         rl = load_model(args.model, revision=args.revision, random_init=True, seed=args.seed, progress=progress)
-        if res.heads_mode == "discover":  # the random model gets the trained model's discovered heads
-            kw["heads"] = list(res.circuit) if res.selection == "circuit" else [(c.layer, c.head) for c in res.circuit]
-        base = analyze(rl, prompts, **kw)
-        con = contrast(res, base, seed=args.seed)
-        data["random_init"] = base.to_json(compact=args.compact)
-        data["contrast"] = con.to_json()
-    doc = {**data["trained"], **({"baseline_random_init": data["random_init"], "contrast": data["contrast"]} if base else {})}
-    (out / "sad.json").write_text(json.dumps(doc) + "\n")
+    run = run_sad(lm, prompts, settings, random=rl, progress=progress)
+    (out / "sad.json").write_text(json.dumps(run.to_json(compact=args.compact)) + "\n")
+    res, base = run.trained, run.random
     figs = write_figures(out, res, base)
     s = res.summary
     print(f"{res.model} ({res.architecture}): {s['n_pairs']} pairs, heads={res.heads_mode}, selection={res.selection}")
@@ -114,7 +104,7 @@ def _cmd_sad(args: argparse.Namespace) -> int:
     print(f"  max reconstruction error {res.max_reconstruction_error:.2e}")
     if base is not None:
         print(f"random init: {len(base)} pairs, mean S SVD {base.summary['mean_s_svd']:.4f}")
-        for line in con.lines():
+        for line in run.contrast.lines():
             print("  " + line)
     print(f"wrote {out / 'sad.json'} and {len(figs)} figures")
     return 0

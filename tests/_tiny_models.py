@@ -46,8 +46,8 @@ def ioi_word_tokenizer(with_names: bool = True):
 
 
 def paragraph_word_tokenizer():
-    """:func:`word_tokenizer` over the built-in SAD paragraph (``svfcheck.real.sad.DEFAULT_TEXT``)."""
-    from svfcheck.real.sad import DEFAULT_TEXT
+    """:func:`word_tokenizer` over the built-in SAD paragraph (``svfcheck.tasks.prompts.DEFAULT_TEXT``)."""
+    from svfcheck.tasks.prompts import DEFAULT_TEXT
 
     return word_tokenizer([DEFAULT_TEXT])
 

@@ -173,7 +173,7 @@ class Evaluator:
             except IOIError as e:
                 raise SpecError(spec.path, "task.kind", f"cannot make IOI prompts with the tokenizer of {spec.model.name!r}: {e}",
                                 'a model whose tokenizer has single-token names, or kind = "text"') from None
-        from svfcheck.real.sad import DEFAULT_TEXT, text_prompts
+        from svfcheck.tasks.prompts import DEFAULT_TEXT, text_prompts
 
         try:
             text = DEFAULT_TEXT if t.text_file is None else t.text_file.read_text(encoding="utf-8")

@@ -26,7 +26,7 @@ import torch
 
 from .. import stats
 from ..tasks.circuits import CircuitHead, paper_circuit
-from ..tasks.ioi import IOIPrompt
+from ..tasks.prompts import Prompt, as_prompts
 from ..tasks.selection import (
     circuit_pairs,
     discover_heads,
@@ -39,81 +39,13 @@ from .capture import capture, pad_batches
 from .decompose import Pairs, decompose
 from .heads import cached_heads
 from .models import LoadedModel
+from .settings import SADSettings
 from .threads import single_thread
 
-__all__ = ["single_thread", "pair_rows", "Prompt", "SADResult", "Contrast", "analyze", "contrast", "text_prompts", "as_prompts", "DEFAULT_TEXT"]
+__all__ = ["single_thread", "pair_rows", "SADResult", "Contrast", "analyze", "contrast"]
 
 LEVEL = 0.99
 CONTROLS = ("rotated", "paper_control")  # basis control (a), paper control (b)
-
-DEFAULT_TEXT = (
-    "The old harbour town wakes slowly. Before the first ferry leaves, the baker has already "
-    "opened his shutters and the smell of bread drifts down to the water. Fishermen sort their "
-    "nets on the quay while gulls wait on the roofs for whatever falls. By eight o'clock the "
-    "market square is full: farmers from the valley sell cheese and apples, a woman mends "
-    "shoes under a striped awning, and children run between the stalls on their way to school. "
-    "In the afternoon the wind turns and clouds come in from the sea. Most people go indoors, "
-    "but the harbour master stays at his window, watching the boats return one by one and "
-    "writing their names in a thick book that his father kept before him."
-)
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One analysed prompt: its text, the token ids used and (IOI) labelled positions."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    positions: dict[str, int] | None = field(default=None, hash=False)
-
-    @property
-    def ioi(self) -> bool:
-        return self.positions is not None
-
-
-def as_prompts(tokenizer, prompts) -> list[Prompt]:
-    """IOI prompts, strings (tokenized with special tokens) or token-id sequences → prompts."""
-    out = []
-    for p in prompts:
-        if isinstance(p, Prompt):
-            out.append(p)
-        elif isinstance(p, IOIPrompt):
-            out.append(Prompt(p.text, tuple(int(t) for t in p.token_ids), dict(p.positions)))
-        elif isinstance(p, str):
-            ids = tokenizer(p)["input_ids"]
-            out.append(Prompt(p, tuple(int(t) for t in ids)))
-        else:
-            ids = tuple(int(t) for t in p)
-            out.append(Prompt(tokenizer.decode(list(ids)) if tokenizer is not None else "", ids))
-    if not out:
-        raise ValueError("no prompts given")
-    for n, p in enumerate(out):
-        if len(p.token_ids) < 3:
-            raise ValueError(
-                f"prompt {n} has {len(p.token_ids)} token(s); SAD needs at least 3 (a query must "
-                "see a non-first key and one other key)"
-            )
-    return out
-
-
-def text_prompts(tokenizer, text: str, n: int, n_tokens: int = 64) -> list[Prompt]:
-    """``n`` consecutive chunks of ``n_tokens`` tokens of ``text`` (with the tokenizer's special
-    tokens around each chunk). ValueError if the text is too short."""
-    if n < 1 or n_tokens < 3:
-        raise ValueError(f"need n >= 1 and n_tokens >= 3, got n={n}, n_tokens={n_tokens}")
-    body = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(body) < n * n_tokens:
-        raise ValueError(
-            f"text has {len(body)} tokens, too short for {n} prompts of {n_tokens} tokens; "
-            "give a longer text, fewer prompts or shorter prompts"
-        )
-    out = []
-    for c in range(n):
-        chunk = body[c * n_tokens : (c + 1) * n_tokens]
-        ids = tokenizer.build_inputs_with_special_tokens(chunk) if hasattr(tokenizer, "build_inputs_with_special_tokens") else chunk
-        out.append(Prompt(tokenizer.decode(chunk), tuple(int(t) for t in ids)))
-    return out
-
 
 def _progress(it, total, desc, on):
     if not on:
@@ -131,14 +63,8 @@ def _circuit(model_name: str, config) -> tuple[CircuitHead, ...]:
 
 
 def _head_spec(heads) -> tuple[str, list | None]:
-    if isinstance(heads, str):
-        if heads not in ("all", "paper", "discover"):
-            raise ValueError(f"heads must be 'all', 'paper', 'discover' or a list of heads; got {heads!r}")
-        return heads, None
-    hl = list(heads)
-    if not hl:
-        raise ValueError("empty head list")
-    return "list", hl
+    """(mode, head list) of validated ``SADSettings.heads``: a mode name, or ``"list"``."""
+    return (heads, None) if isinstance(heads, str) else ("list", list(heads))
 
 
 @dataclass
@@ -304,30 +230,31 @@ def _summ(rec: dict[str, np.ndarray], sel: np.ndarray, n_boot: int, seed: int) -
 def analyze(
     loaded: LoadedModel,
     prompts,
+    settings: SADSettings | None = None,
     *,
-    heads="all",
-    selection: str | None = None,
-    circuit: str | None = None,
-    discover_top: int = 3,
-    seed: int = 0,
-    dtype: torch.dtype | None = None,
-    basis: str = "pair",
-    batch_size: int = 8,
-    n_boot: int = 10_000,
-    n_boot_head: int = 1_000,
     progress: bool = True,
     threads: int | None = None,
+    **overrides: Any,
 ) -> SADResult:
-    """SAD of ``loaded`` on ``prompts`` (IOI prompts, strings, token-id lists or :class:`Prompt`).
+    """SAD of ``loaded`` on ``prompts``: select pairs, decompose them exactly, summarise.
 
-    ``circuit``: head-table name for ``heads="paper"`` (default ``loaded.name``). ``dtype`` of
-    the decomposition: default float64 for RoPE-free models, float32 for RoPE / QK-norm models
-    (their per-offset SVDs dominate; float32 reproduces the model to ~1e-5). ``seed`` seeds the
-    rotation controls and bootstraps. ``threads``: layers decomposed side by side, one thread each
-    (default ``None``: every core; ``1``: one after another; the numbers do not depend on it,
-    see :func:`~svfcheck.real.decompose.decompose`); the model's forward passes use torch's
-    setting.
+    Args:
+        loaded: a model from :func:`~svfcheck.real.models.load_model` (trained or random init).
+        prompts: IOI prompts, strings, token-id lists or :class:`~svfcheck.tasks.prompts.Prompt`.
+        settings: what to analyse (:class:`~svfcheck.real.settings.SADSettings`; default
+            settings when ``None``); ``overrides`` replace single fields, e.g.
+            ``analyze(lm, prompts, heads="discover", seed=1)``.
+        progress: progress bars.
+        threads: layers decomposed side by side, one thread each (``None``: every core; ``1``:
+            one after another; the numbers do not depend on it); forward passes use torch's
+            setting.
+    Returns:
+        :class:`SADResult`: per-pair records (P pairs: positions, terms (P, d_h), k, S with both
+        controls), the model summary with 99% bootstrap intervals, per-head summaries.
     """
+    st = (settings or SADSettings()).replace(**overrides) if overrides else (settings or SADSettings())
+    heads, selection, circuit, discover_top, seed = st.heads, st.selection, st.circuit, st.discover_top, st.seed
+    dtype, basis, batch_size, n_boot, n_boot_head = st.torch_dtype, st.basis, st.batch_size, st.n_boot, st.n_boot_head
     model, tok = loaded.model, loaded.tokenizer
     mh = cached_heads(model)
     L, H = mh.n_layers, mh.layers[0].n_heads
@@ -335,8 +262,6 @@ def analyze(
     mode, hl = _head_spec(heads)
     if selection is None:
         selection = "circuit" if mode in ("paper", "discover") or (hl and isinstance(hl[0], CircuitHead)) else "top"
-    if selection not in ("top", "threshold", "circuit"):
-        raise ValueError(f"selection must be 'top', 'threshold' or 'circuit'; got {selection!r}")
     table: tuple[CircuitHead, ...] | None = None
     if mode == "paper":
         table = _circuit(circuit or loaded.name, model.config)

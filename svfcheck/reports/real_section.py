@@ -116,7 +116,9 @@ def real_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[Sec
     """SAD on SmolLM2-135M (IOI) and MiniLM-L6 (text), trained vs seeded random init."""
     from svfcheck.real.figures import sparsity_vs_controls, write_figures
     from svfcheck.real.models import load_model
-    from svfcheck.real.sad import DEFAULT_TEXT, analyze, contrast, text_prompts
+    from svfcheck.real.pipeline import run_sad
+    from svfcheck.real.settings import SADSettings
+    from svfcheck.tasks.prompts import DEFAULT_TEXT, text_prompts
     from svfcheck.tasks.ioi import generate_ioi_prompts
 
     b = budget(quick)
@@ -140,20 +142,13 @@ def real_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[Sec
         else:
             prompts = text_prompts(trained.tokenizer, DEFAULT_TEXT, b.text_prompts, b.text_tokens)
             label = f"{name} (text, {b.text_prompts}×{b.text_tokens} tokens, all heads)"
-        kw = dict(heads="all", selection="top", seed=seed, n_boot=b.n_boot, n_boot_head=b.n_boot_head, progress=progress)
-        res = {}
-        for run, lm in (("trained", trained), ("random init", rand)):
-            steps.set_postfix_str(f"{name}: SAD {run}")
-            t = time.perf_counter()
-            res[run] = analyze(lm, prompts, **kw)
-            times[f"sad_{run.replace(' ', '_')}_s"] = time.perf_counter() - t
-            steps.update()
-        tr, rd = res["trained"], res["random init"]
-        steps.set_postfix_str(f"{name}: contrast")
+        settings = SADSettings(heads="all", selection="top", seed=seed, n_boot=b.n_boot, n_boot_head=b.n_boot_head)
+        steps.set_postfix_str(f"{name}: SAD trained and random init, contrast")
         t = time.perf_counter()
-        con = contrast(tr, rd, n_boot=b.n_boot, seed=seed)
-        times["contrast_s"] = time.perf_counter() - t
-        steps.update()
+        run = run_sad(trained, prompts, settings, random=rand, progress=progress)
+        times["sad_and_contrast_s"] = time.perf_counter() - t
+        tr, rd, con = run.trained, run.random, run.contrast
+        steps.update(3)
         steps.set_postfix_str(f"{name}: figures")
         fig_dir = Path(out) / "real" / name
         if task == "ioi":

@@ -28,7 +28,7 @@ from svfcheck.real.capture import capture
 from svfcheck.real.decompose import decompose, gate_tolerance, top_attended_pairs
 from svfcheck.real.heads import cached_heads
 from svfcheck.real.models import load_model
-from svfcheck.real.sad import DEFAULT_TEXT
+from svfcheck.tasks.prompts import DEFAULT_TEXT
 from svfcheck.tasks.ioi import generate_ioi_prompts
 
 pytestmark = pytest.mark.gpu

@@ -20,7 +20,8 @@ import pytest
 
 from svfcheck import stats
 from svfcheck.real.models import load_model
-from svfcheck.real.sad import analyze, contrast, text_prompts
+from svfcheck.real.sad import analyze, contrast
+from svfcheck.tasks.prompts import text_prompts
 from svfcheck.tasks.ioi import generate_ioi_prompts
 
 pytestmark = pytest.mark.gpu

@@ -1,0 +1,44 @@
+"""SADSettings: one validated, serialisable object for an analysis's settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from svfcheck.real.settings import SADSettings
+from svfcheck.tasks.circuits import GPT2_IOI_PAPER_HEADS
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"heads": "some"}, "heads must be one of"),
+    ({"heads": []}, "empty list"),
+    ({"selection": "best"}, "selection must be one of"),
+    ({"dtype": "float16"}, "dtype must be one of"),
+    ({"basis": "delta"}, "basis must be one of"),
+    ({"seed": -1}, "seed must be a whole number in [0, 4294967295]"),
+    ({"seed": True}, "seed must be a whole number"),
+    ({"n_boot": 99}, "n_boot must be a whole number >= 100"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"discover_top": 0}, "discover_top"),
+])
+def test_bad_settings_are_refused_with_the_field_named(kw, needle):
+    with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        SADSettings(**kw)
+
+
+@pytest.mark.parametrize("heads", ["all", ((0, 1), (2, 3)), GPT2_IOI_PAPER_HEADS])
+def test_json_round_trip(heads):
+    s = SADSettings(heads=heads, selection="top", seed=3, dtype="float64", n_boot=500)
+    back = SADSettings.from_json(json.loads(json.dumps(s.to_json())))
+    assert back == s
+
+
+def test_normalisation_and_replace():
+    s = SADSettings(heads=[[1, 2]], dtype=torch.float32)
+    assert s.heads == ((1, 2),) and s.dtype == "float32" and s.torch_dtype is torch.float32
+    t = s.replace(seed=5)
+    assert t.seed == 5 and s.seed == 0 and t.heads == s.heads
+    with pytest.raises(ValueError, match="unknown SAD settings"):
+        SADSettings.from_json({"seeds": 1})
