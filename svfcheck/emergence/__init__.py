@@ -4,7 +4,11 @@
   from a folder, a Pythia-style hub model, or one of our training runs.
 - :mod:`.corpus` — the offline English corpus and byte/char tokenizers.
 - :mod:`.tasks` — synthetic induction data + metric; byte-level text data.
-- :mod:`.train` — :func:`train_run` with presets ``induction-gpt2`` and ``text-llama``.
+- :mod:`.config` — :class:`LMSpec` (architecture) and :class:`LMTrainConfig` (one run); presets
+  ``induction-gpt2``, ``induction-llama`` and ``text-llama``.
+- :mod:`.train` — :func:`train_run`, the training loop.
+- :mod:`.records` — :class:`RunResult` and :func:`load_run`; :mod:`.runfiles` — the run
+  folder's files (``run.json``, ``timing.json``, ``resume.safetensors``, ``step{N}/``).
 - :mod:`.heads` — induction / previous-token head scores from attention patterns.
 - :mod:`.sweep` — resumable per-checkpoint analysis, results keyed by step.
 - :mod:`.sad_sweep` — SAD over training: fixed prompts, heads chosen by pattern at the final
@@ -30,7 +34,9 @@ from .sad_sweep import EmergenceResult, EmergenceSettings, HeadSet, default_sett
 from .corpus import byte_tokenizer, char_tokenizer, load_corpus, unigram_entropy
 from .series import Checkpoint, CheckpointSeries, parse_series, pythia_steps
 from .tasks import InductionBatch, InductionTask, TextTask, evaluate_induction, induction_metrics
-from .train import PRESETS, ModelSpec, RunResult, TrainConfig, load_run, preset, train_run
+from .config import PRESETS, LMSpec, LMTrainConfig, preset
+from .records import RunResult, load_run
+from .train import train_run
 
 __all__ = [
     "HeadScores",
@@ -56,9 +62,9 @@ __all__ = [
     "load_corpus",
     "unigram_entropy",
     "PRESETS",
-    "ModelSpec",
+    "LMSpec",
     "RunResult",
-    "TrainConfig",
+    "LMTrainConfig",
     "load_run",
     "preset",
     "train_run",

@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .series import parse_series
-    from .train import preset, train_run
+    from .config import preset
+    from .train import train_run
 
     if args.checkpoints:
         ser = parse_series(args.checkpoints)

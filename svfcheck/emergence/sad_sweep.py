@@ -48,6 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import stats
+from .._validate import is_int as _is_int
+from ..tasks.selection import top_keys
 from .series import CheckpointSeries
 from .sweep import sweep
 
@@ -72,10 +75,6 @@ INDUCTION = "induction"
 PREVIOUS_TOKEN = "previous token"
 OTHER = "other"
 OVERALL = "overall"
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -205,7 +204,7 @@ def build_prompts(settings: EmergenceSettings, tokenizer, series: CheckpointSeri
 
         ps = generate_ioi_prompts(tokenizer, settings.n_prompts, seed=settings.prompt_seed, min_names=4)
         return [_Prompt(tuple(int(t) for t in p.token_ids), {"positions": dict(p.positions)}) for p in ps]
-    from ..real.sad import text_prompts
+    from ..tasks.prompts import text_prompts
     from .corpus import load_corpus
 
     _, val = load_corpus().split(0.1)
@@ -318,12 +317,8 @@ def _pairs_for_prompt(settings, heads: HeadSet, p: _Prompt, attn, vis, n: int, b
     out = []
 
     def top_key(l, h, q):
-        cand = vis[l][q].clone()
-        cand[0] = False
-        if int(vis[l][q].sum()) < 2 or not bool(cand.any()):
-            return None
-        a = torch.where(cand, attn[l][h, q], torch.full_like(attn[l][h, q], -1.0))
-        return int(a.argmax())
+        best, ok = top_keys(attn[l][h, q], vis[l][q])
+        return int(best) if bool(ok) else None
 
     def structural(role):
         if settings.task == "induction":
@@ -393,15 +388,9 @@ def _summary(s, sr, sp, k, kr, n_boot: int, seed: int) -> dict:
         return out
     cols = np.stack([s, sr, sp, sr - s, sp - s]).astype(np.float64)  # (5, n)
     n = cols.shape[1]
-    rng = np.random.default_rng(seed)
-    boot = np.empty((5, n_boot))
-    chunk = max(1, min(n_boot, 400_000 // max(n, 1)))  # (5, chunk, n) floats: <= 16 MB
-    for a in range(0, n_boot, chunk):
-        b = min(n_boot, a + chunk)
-        idx = rng.integers(0, n, size=(b - a, n))
-        boot[:, a:b] = cols[:, idx].mean(axis=-1)
-    alpha = (1.0 - LEVEL) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha], axis=1)
+    # (5, chunk, n) floats per chunk: <= 16 MB
+    boot = stats.bootstrap_means(cols, n_boot, np.random.default_rng(seed), chunk_elems=400_000)
+    lo, hi = stats.percentile_intervals(boot, LEVEL)
     for i, name in enumerate(("s_svd", "s_rotated", "s_paper_control", "effect_rotated", "effect_paper_control")):
         out[name] = _eff(cols[i].mean(), lo[i], hi[i], n, n_boot)
     out["median_k"] = float(np.median(k[k >= 0])) if (k >= 0).any() else None

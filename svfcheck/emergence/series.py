@@ -8,7 +8,8 @@ Sources:
 - :meth:`CheckpointSeries.from_folder` — a folder of ``step{N}/`` subfolders, each in
   ``save_pretrained`` format (``config.json`` + weights + tokenizer), or a manifest JSON.
 - :meth:`CheckpointSeries.from_run` — a training run of :func:`svfcheck.emergence.train_run`
-  (its ``run.json`` lists the checkpoints and carries the training curve).
+  (its ``run.json``, read by :func:`svfcheck.emergence.runfiles.read_run`, lists the
+  checkpoints and carries the training curve).
 
 Manifest format (a ``.json`` file, or ``checkpoints.json`` inside a folder)::
 
@@ -37,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .._validate import is_int
+from .runfiles import read_run
+
 __all__ = ["Checkpoint", "CheckpointSeries", "parse_series", "pythia_steps", "MANIFEST_FORMAT"]
 
 MANIFEST_FORMAT = "svfcheck-checkpoints/1"
@@ -46,10 +50,6 @@ _STEP_DIR = re.compile(r"^step(\d+)$")
 def pythia_steps() -> list[int]:
     """Pythia's 154 checkpoint steps: 0, 1, 2, 4, …, 512, then 1000, 2000, …, 143000."""
     return [0] + [2**k for k in range(10)] + list(range(1000, 143001, 1000))
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class CheckpointSeries:
         if not self.checkpoints:
             raise ValueError(f"checkpoint series {self.name!r} is empty")
         steps = [c.step for c in self.checkpoints]
-        bad = [s for s in steps if not _is_int(s) or s < 0]
+        bad = [s for s in steps if not is_int(s) or s < 0]
         if bad:
             raise ValueError(f"checkpoint steps must be non-negative ints, got {bad!r}")
         dup = sorted({s for s in steps if steps.count(s) > 1})
@@ -241,20 +241,18 @@ class CheckpointSeries:
     def from_run(cls, run_dir) -> "CheckpointSeries":
         """The checkpoints of a training run (its ``run.json``); ``metadata`` holds the run's
         config, curve and summary so the task metric can share the time axis."""
-        from .train import load_run
-
-        r = load_run(run_dir)
-        cks = tuple(Checkpoint(s, str(Path(run_dir) / f"step{s}")) for s in r.checkpoints)
+        r = read_run(run_dir)
+        cks = tuple(Checkpoint(s, str(Path(run_dir) / f"step{s}")) for s in r["checkpoints"])
         return cls(
-            name=r.config.preset,
+            name=r["config"].preset,
             checkpoints=cks,
             source="run",
             metadata={
                 "run_dir": str(run_dir),
-                "finished": r.finished,
-                "config": r.config.to_dict(),
-                "curve": r.curve,
-                "summary": r.summary,
+                "finished": r["finished"],
+                "config": r["config"].to_dict(),
+                "curve": r["curve"],
+                "summary": r["summary"],
             },
         )
 

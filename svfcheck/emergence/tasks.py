@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._validate import is_int as _is_int
 from .corpus import BYTE_OFFSET, CHAR_ALPHABET, load_corpus
 
 __all__ = [
@@ -50,10 +51,6 @@ __all__ = [
 ]
 
 _EVAL_STREAM = 2**62  # stream of the held-out data (training step s uses stream s)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def step_generator(seed: int, stream: int) -> np.random.Generator:

@@ -36,6 +36,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .._validate import is_int_like as _is_int
+
 __all__ = [
     "RopeConfig",
     "ToyConfig",
@@ -45,10 +47,6 @@ __all__ = [
     "over_capacity",
     "linear_pairs",
 ]
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from svfcheck.emergence import train
+from svfcheck.emergence import config, train
 from svfcheck.emergence.tasks import InductionTask
 
 PROBE_SEED = 99
@@ -22,7 +22,7 @@ def _probe(task: InductionTask) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def induction_run(tmp_path_factory, device):
     """The default induction-gpt2 run (result, {step: probe logits}, probe ids)."""
-    cfg = train.preset("induction-gpt2")
+    cfg = config.preset("induction-gpt2")
     out = tmp_path_factory.mktemp("induction") / "run"
     probe = _probe(cfg.task)
     logits = {}
@@ -39,14 +39,14 @@ def induction_run(tmp_path_factory, device):
 def induction_llama_run(tmp_path_factory, device):
     """The induction-llama run (RoPE, shortcut-proof task: the classic circuit forms)."""
     out = tmp_path_factory.mktemp("induction_llama") / "run"
-    return train.train_run(train.preset("induction-llama"), out, device=device, progress=False, num_threads=1)
+    return train.train_run(config.preset("induction-llama"), out, device=device, progress=False, num_threads=1)
 
 
 @pytest.fixture(scope="session")
 def llama_run(tmp_path_factory, device):
     """The default text-llama run."""
     out = tmp_path_factory.mktemp("llama") / "run"
-    return train.train_run(train.preset("text-llama"), out, device=device, progress=False, num_threads=1)
+    return train.train_run(config.preset("text-llama"), out, device=device, progress=False, num_threads=1)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""A training run folder's files are never trusted blindly (svfcheck.emergence.train).
+"""A training run folder's files are never trusted blindly (svfcheck.emergence.runfiles, written by .train).
 
 - The resume state is a safetensors file (tensors + JSON header), never a pickle: a planted
   ``resume.pt`` is refused unread, and pickle bytes planted as ``resume.safetensors`` are a
@@ -24,11 +24,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from svfcheck.emergence import train
+from svfcheck.emergence import config, records, runfiles, train
 
-TINY = train.preset(
+TINY = config.preset(
     "induction-gpt2",
-    model=train.ModelSpec(arch="gpt2", d_model=32, n_layers=2, n_heads=2, d_ff=64),
+    model=config.LMSpec(arch="gpt2", d_model=32, n_layers=2, n_heads=2, d_ff=64),
     batch_size=8,
     eval_size=16,
     max_steps=8,
@@ -123,14 +123,14 @@ def _damage(path, how: str) -> None:
     elif how == "no metadata":
         _rewrite(path, meta={})
     elif how == "metadata not json":
-        _rewrite(path, meta={train.RESUME_KEY: "{not json"})
+        _rewrite(path, meta={runfiles.RESUME_KEY: "{not json"})
     elif how == "missing tensor":
         _rewrite(path, drop="optim.0.exp_avg")
     elif how == "wrong format":
         with safe_open(str(path), framework="pt") as f:
-            st = json.loads(f.metadata()[train.RESUME_KEY])
+            st = json.loads(f.metadata()[runfiles.RESUME_KEY])
         st["format"] = 99
-        _rewrite(path, meta={train.RESUME_KEY: json.dumps(st)})
+        _rewrite(path, meta={runfiles.RESUME_KEY: json.dumps(st)})
     else:
         raise AssertionError(how)
 
@@ -147,7 +147,7 @@ def test_damaged_resume_file_names_the_file(run_copy, how):
 
 
 def test_resume_file_round_trips_model_and_optimizer_exactly(tmp_path):
-    """What _load_resume restores equals what _save_resume saw (tensors bit-equal, param_groups
+    """What load_resume restores equals what save_resume saw (tensors bit-equal, param_groups
     equal with their Python types) — the basis of the bit-identical resume."""
     model = train.build_model(TINY)
     opt = torch.optim.AdamW(
@@ -163,7 +163,7 @@ def test_resume_file_round_trips_model_and_optimizer_exactly(tmp_path):
     state = {"config": TINY.to_dict(), "step": 3, "curve": [{"step": 2, "eval_loss": 0.1 + 0.2}],
              "checkpoints": [0, 2], "pending": [1.0 / 3]}
     path = tmp_path / "resume.safetensors"
-    train._save_resume(path, state, model, opt)
+    runfiles.save_resume(path, state, model, opt)
 
     other = replace(TINY, seed=5)
     model2 = train.build_model(other)  # other initial weights, so the load must overwrite them
@@ -173,7 +173,7 @@ def test_resume_file_round_trips_model_and_optimizer_exactly(tmp_path):
          {"params": [p for p in model2.parameters() if p.dim() < 2]}],
         lr=0.5,
     )
-    got = train._load_resume(path, TINY.to_dict(), model2, opt2)
+    got = runfiles.load_resume(path, TINY.to_dict(), model2, opt2)
     assert got == {k: state[k] for k in ("step", "curve", "checkpoints", "pending")}
     a, b = model.state_dict(), model2.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -185,7 +185,7 @@ def test_resume_file_round_trips_model_and_optimizer_exactly(tmp_path):
         assert sa["state"][i].keys() == sb["state"][i].keys()
         assert all(torch.equal(sa["state"][i][f], sb["state"][i][f]) for f in sa["state"][i])
     with pytest.raises(ValueError, match="different config"):
-        train._load_resume(path, other.to_dict(), model2, opt2)
+        runfiles.load_resume(path, other.to_dict(), model2, opt2)
 
 
 def test_training_draws_no_global_rng():
@@ -203,7 +203,7 @@ def test_training_draws_no_global_rng():
 def test_damaged_run_json_names_the_file(run_copy, content):
     p = run_copy / "run.json"
     p.write_bytes(content.encode("latin-1"))
-    for call in (lambda: _train(run_copy), lambda: train.load_run(run_copy)):
+    for call in (lambda: _train(run_copy), lambda: records.load_run(run_copy)):
         with pytest.raises(ValueError, match=_path_in_message(p)) as e:
             call()
         assert "damaged" in str(e.value) and "delete it" in str(e.value)
@@ -215,7 +215,7 @@ def test_run_json_missing_fields_names_the_file(run_copy):
     del d["curve"]
     p.write_text(json.dumps(d))
     with pytest.raises(ValueError, match=_path_in_message(p)):
-        train.load_run(run_copy)
+        records.load_run(run_copy)
 
 
 def test_damaged_timing_json_names_the_file_before_training(run_copy):

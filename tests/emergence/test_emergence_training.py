@@ -19,7 +19,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from svfcheck.emergence import corpus, heads, series, train
+from svfcheck.emergence import config, corpus, heads, series, train
 
 pytestmark = pytest.mark.gpu
 
@@ -138,8 +138,8 @@ def test_classic_induction_circuit_forms_with_rope(induction_llama_run, device):
 
 def _small(cfg_name: str, **kw):
     """The preset's code path with a much smaller model/batch (resumability is about state)."""
-    tiny = train.ModelSpec(arch="gpt2", d_model=32, n_layers=2, n_heads=2, d_ff=64)
-    return train.preset(cfg_name, model=tiny, batch_size=8, eval_size=32, **kw)
+    tiny = config.LMSpec(arch="gpt2", d_model=32, n_layers=2, n_heads=2, d_ff=64)
+    return config.preset(cfg_name, model=tiny, batch_size=8, eval_size=32, **kw)
 
 
 def test_resume_after_interruption_is_identical(tmp_path, device):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from svfcheck.emergence import corpus, series, train
+from svfcheck.emergence import config, corpus, series, train
 from svfcheck.emergence.series import Checkpoint, CheckpointSeries, parse_series, pythia_steps
 from svfcheck.emergence.tasks import InductionTask, TextTask, induction_metrics, step_generator
 
@@ -193,22 +193,22 @@ def test_unigram_entropy():
 
 # ---- configs ---------------------------------------------------------------------------------
 def test_presets_and_schedule():
-    cfg = train.preset("induction-gpt2")
+    cfg = config.preset("induction-gpt2")
     s = cfg.schedule()
     assert s[0] == 0 and s[-1] == cfg.max_steps and list(s) == sorted(set(s))
     assert {1, 2, 4, 8, 16, 32, 64} <= set(s)  # dense, log-spaced early part
     assert set(s) <= set(cfg.log_steps())
-    small = train.preset("text-llama", max_steps=10, warmup_steps=2, checkpoint_every=5)
+    small = config.preset("text-llama", max_steps=10, warmup_steps=2, checkpoint_every=5)
     assert small.schedule() == (0, 1, 2, 4, 5, 8, 10)
-    assert train.preset("text-llama", max_steps=10, warmup_steps=2, checkpoint_steps=(0, 3, 10)).schedule() == (0, 3, 10)
-    assert train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    lm = train.preset("text-llama")
-    assert train.TrainConfig.from_dict(json.loads(json.dumps(lm.to_dict()))) == lm
+    assert config.preset("text-llama", max_steps=10, warmup_steps=2, checkpoint_steps=(0, 3, 10)).schedule() == (0, 3, 10)
+    assert config.LMTrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    lm = config.preset("text-llama")
+    assert config.LMTrainConfig.from_dict(json.loads(json.dumps(lm.to_dict()))) == lm
     assert lm.model.n_kv_heads < lm.model.n_heads
 
 
 def test_lr_schedule():
-    cfg = train.preset("induction-gpt2", max_steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    cfg = config.preset("induction-gpt2", max_steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
     assert train.lr_at(cfg, 0) == pytest.approx(1e-4)
     assert train.lr_at(cfg, 9) == pytest.approx(1e-3)
     assert train.lr_at(cfg, 10) == pytest.approx(1e-3)
@@ -231,31 +231,31 @@ def test_lr_schedule():
 )
 def test_train_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):
-        train.preset("induction-gpt2", **kw)
+        config.preset("induction-gpt2", **kw)
 
 
 def test_model_spec_validation():
     with pytest.raises(ValueError, match="arch"):
-        train.ModelSpec(arch="rnn")
+        config.LMSpec(arch="rnn")
     with pytest.raises(ValueError, match="divisible"):
-        train.ModelSpec(d_model=65, n_heads=4)
+        config.LMSpec(d_model=65, n_heads=4)
     with pytest.raises(ValueError, match="n_kv_heads"):
-        train.ModelSpec(arch="gpt2", n_kv_heads=2)
+        config.LMSpec(arch="gpt2", n_kv_heads=2)
     with pytest.raises(ValueError, match="divisible by n_kv_heads"):
-        train.ModelSpec(arch="llama", n_heads=4, n_kv_heads=3)
+        config.LMSpec(arch="llama", n_heads=4, n_kv_heads=3)
     with pytest.raises(ValueError, match="unknown preset"):
-        train.preset("nope")
+        config.preset("nope")
 
 
 def test_build_models():
-    g = train.build_model(train.preset("induction-gpt2"))
+    g = train.build_model(config.preset("induction-gpt2"))
     assert g.config.model_type == "gpt2" and g.config.n_layer == 2
-    assert g.config.vocab_size == train.preset("induction-gpt2").task.vocab_size
-    l = train.build_model(train.preset("text-llama"))
+    assert g.config.vocab_size == config.preset("induction-gpt2").task.vocab_size
+    l = train.build_model(config.preset("text-llama"))
     assert l.config.model_type == "llama"
     assert l.config.num_key_value_heads < l.config.num_attention_heads
     # seeded initialisation
-    g2 = train.build_model(train.preset("induction-gpt2"))
+    g2 = train.build_model(config.preset("induction-gpt2"))
     assert all(torch.equal(a, b) for a, b in zip(g.state_dict().values(), g2.state_dict().values()))
 
 
@@ -393,7 +393,7 @@ def test_sweep_resumes_and_never_recomputes(tmp_path):
 def test_head_scores_shapes_on_random_model():
     from svfcheck.emergence import heads
 
-    cfg = train.preset("induction-gpt2")
+    cfg = config.preset("induction-gpt2")
     m = train.build_model(cfg)
     s = heads.head_scores(m, cfg.task, n_sequences=4)
     assert s.induction.shape == s.previous_token.shape == (cfg.model.n_layers, cfg.model.n_heads)
@@ -417,9 +417,9 @@ def test_cli_checkpoints(tmp_path, capsys):
 
 
 def test_induction_llama_preset_is_shortcut_proof_and_roundtrips():
-    cfg = train.preset("induction-llama")
+    cfg = config.preset("induction-llama")
     assert cfg.model.arch == "llama" and cfg.task.max_prefix > 0 and cfg.task.max_gap > 0
     assert cfg.task.context_length == 1 + 8 + 2 * 12 + 12
-    assert train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert config.LMTrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     m = train.build_model(cfg)
     assert m.config.model_type == "llama" and m.config.max_position_embeddings == cfg.task.context_length
