@@ -219,25 +219,19 @@ class Evaluator:
                                     f"layer in 0..{L - 1}, head in 0..{H - 1}")
 
     # -- analysis ------------------------------------------------------------------------------
-    def _analyze(self, spec: Spec, random_init: bool, seed: int, prompts, heads, selection, role: str):
-        """Analysis of the model (``random_init``, ``seed``) on ``prompts``; cached, and the
-        model is only loaded on a cache miss."""
-        import torch
-
+    def _analyze(self, spec: Spec, random_init: bool, seed: int, prompts, settings, role: str):
+        """Analysis of the model (``random_init``, ``seed``) on ``prompts`` with ``settings``
+        (:class:`~svfcheck.real.settings.SADSettings`); cached, and the model is only loaded on
+        a cache miss."""
         from svfcheck.real.sad import analyze
 
-        a = spec.analysis
-        dtype = None if a.dtype is None else getattr(torch, a.dtype)
-        hk = heads if isinstance(heads, str) else tuple(map(repr, heads))
         key = (spec.model.name, spec.model.revision, random_init, seed if random_init else None, spec.model.dtype,
-               tuple(tuple(p.token_ids) for p in prompts), hk, selection, spec.pairs.circuit, spec.pairs.discover_top, a)
+               tuple(tuple(p.token_ids) for p in prompts), settings)
         if key in self._analyses:
             return self._analyses[key]
         lm = self._load(spec, random_init, seed)
         try:
-            res = analyze(lm, prompts, heads=heads, selection=selection, circuit=spec.pairs.circuit,
-                          discover_top=spec.pairs.discover_top, seed=a.seed, dtype=dtype, basis=a.basis,
-                          batch_size=a.batch_size, n_boot=a.n_boot, n_boot_head=min(a.n_boot, 1000), progress=self.progress)
+            res = analyze(lm, prompts, settings, progress=self.progress)
         except ValueError as e:  # not IndexError: every head list is checked before (_check_against_model)
             raise SpecError(spec.path, "pairs", f"the {role} analysis rejected the pair settings: {e}",
                             "heads/selection that fit the model and the prompts") from e
@@ -246,17 +240,17 @@ class Evaluator:
 
     def evaluate(self, spec: Spec) -> SpecResult:
         """Load, analyse (model and baseline once each) and judge every condition of ``spec``."""
+        from svfcheck.real.pipeline import baseline_settings
+
         t0 = time.perf_counter()
         lm = self._load(spec, spec.model.random_init, spec.model.seed)
         self._check_against_model(spec, lm)
         prompts = self._prompts(spec, lm.tokenizer)
-        res = self._analyze(spec, spec.model.random_init, spec.model.seed, prompts, spec.pairs.heads, spec.pairs.selection, "model")
+        settings = spec.sad_settings()
+        res = self._analyze(spec, spec.model.random_init, spec.model.seed, prompts, settings, "model")
         base = None
-        if spec.baseline is not None:
-            heads = spec.pairs.heads
-            if res.heads_mode == "discover":  # the baseline gets the model's discovered heads
-                heads = list(res.circuit) if res.selection == "circuit" else [(c.layer, c.head) for c in res.circuit]
-            base = self._analyze(spec, True, spec.baseline.seed, prompts, heads, res.selection, "baseline")
+        if spec.baseline is not None:  # the baseline gets the model's discovered heads (pipeline.baseline_settings)
+            base = self._analyze(spec, True, spec.baseline.seed, prompts, baseline_settings(res, settings), "baseline")
         results = tuple(_judge(spec, c, res, base) for c in spec.conditions)
         return SpecResult(spec, results, _summary(res), None if base is None else _summary(base), time.perf_counter() - t0)
 

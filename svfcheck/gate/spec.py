@@ -163,6 +163,16 @@ class Spec:
     baseline: BaselineSpec | None
     conditions: tuple[Condition, ...] = field(default=())
 
+    def sad_settings(self):
+        """The spec's ``[pairs]`` and ``[analysis]`` as the pipeline's
+        :class:`~svfcheck.real.settings.SADSettings` (per-head bootstraps: at most 1,000)."""
+        from svfcheck.real.settings import SADSettings
+
+        p, a = self.pairs, self.analysis
+        return SADSettings(heads=p.heads, selection=p.selection, circuit=p.circuit, discover_top=p.discover_top,
+                           seed=a.seed, dtype=a.dtype, basis=a.basis, batch_size=a.batch_size, n_boot=a.n_boot,
+                           n_boot_head=min(a.n_boot, 1000))
+
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers
