@@ -268,9 +268,9 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
             for s, ids, mask in pad_batches([p.ids for p in prompts], settings.batch_size, pad):
                 cap = capture(model, ids, mask, heads=mh)
                 for b in range(ids.shape[0]):
-                    n = int(mask[b].sum())
-                    attns.append(torch.stack([cap.attn[l][b, :, :n, :n] for l in range(mh.n_layers)]))
-                    vis.append(torch.stack([cap.visible[l][b, :n, :n] for l in range(mh.n_layers)])[:, None])
+                    a, v = cap.prompt_views(b)
+                    attns.append(a)
+                    vis.append(v)
                     pos.append(_Pos(prompts[s + b].meta["positions"]))
             found = discover_heads(attns, pos, vis, top=k)
             table = discovered_circuit(found)

@@ -49,6 +49,14 @@ class Capture:
     def batch(self) -> int:
         return self.input_ids.shape[0]
 
+    def prompt_views(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``b``'s real tokens across layers: attention (L, H, n, n) and visibility
+        (L, 1, n, n), n = its number of real tokens (the shapes pair selection takes)."""
+        n = int(self.token_mask[b].sum())
+        attn = torch.stack([a[b, :, :n, :n] for a in self.attn])
+        vis = torch.stack([v[b, :n, :n] for v in self.visible])[:, None]
+        return attn, vis
+
 
 def pad_batches(
     prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int

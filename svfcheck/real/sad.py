@@ -292,9 +292,9 @@ def analyze(
             cap = capture(model, ids, mask, heads=mh)
             caps[s0] = cap
             for b in range(ids.shape[0]):
-                n = int(mask[b].sum())
-                attns.append(torch.stack([cap.attn[l][b, :, :n, :n] for l in range(L)]))
-                vis.append(torch.stack([cap.visible[l][b, :n, :n] for l in range(L)])[:, None])
+                a, v = cap.prompt_views(b)
+                attns.append(a)
+                vis.append(v)
         found = discover_heads(attns, [_Pos(p.positions) for p in ps], vis, top=discover_top)
         table = discovered_circuit(found)
     head_pairs = None if mode == "all" else ([(c.layer, c.head) for c in table] if table is not None else hl)
@@ -309,9 +309,7 @@ def analyze(
         cap = caps.pop(s) if s in caps else capture(model, ids, mask, heads=mh)
         sel = []
         for b in range(ids.shape[0]):
-            n = int(mask[b].sum())
-            attn = torch.stack([cap.attn[l][b, :, :n, :n] for l in range(L)])
-            vis = torch.stack([cap.visible[l][b, :n, :n] for l in range(L)])[:, None]
+            attn, vis = cap.prompt_views(b)
             if selection == "circuit":
                 got = circuit_pairs(attn, _Pos(ps[s + b].positions), table, vis, prompt_index=b)
             elif selection == "top":
