@@ -39,7 +39,7 @@ from svfcheck.real.capture import capture
 from svfcheck.real.decompose import decompose, gate_tolerance, top_attended_pairs
 from svfcheck.real.heads import extract_heads
 from svfcheck.real.reference import reference_pair
-from svfcheck.real.svd import SVDCache
+from svfcheck.real.svd_cache import SVDCache
 
 N_TOK = 128
 

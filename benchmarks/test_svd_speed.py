@@ -135,7 +135,7 @@ def test_rope_core_tables_vs_gesdd(benchmark):
     import torch
 
     from svfcheck.real.heads import extract_heads
-    from svfcheck.real.svd import SVDCache
+    from svfcheck.real.svd_cache import SVDCache
 
     if benchmark.disabled:
         from transformers import LlamaConfig, LlamaModel

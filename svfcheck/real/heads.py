@@ -331,7 +331,7 @@ def _fingerprint(model) -> tuple:
 def cached_heads(model) -> ModelHeads:
     """:func:`extract_heads` cached per model, keyed by weight identity: re-extracted when any
     attention parameter is replaced or modified in place. Reuse the returned object so that
-    :func:`svfcheck.real.svd.svd_cache` (keyed by it) is reused too."""
+    :func:`svfcheck.real.svd_cache.svd_cache` (keyed by it) is reused too."""
     fp = _fingerprint(model)
     hit = _HEADS.get(model)
     if hit is not None and hit[0] == fp:

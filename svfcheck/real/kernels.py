@@ -1,6 +1,6 @@
 """Fused per-pair loops of the summed decomposition route (numba, compiled on first use).
 
-The summed route (:func:`svfcheck.real.decompose._summed_layer`) needs, per analysed pair p,
+The summed route (:func:`svfcheck.real.decompose.summed._summed_layer`) needs, per analysed pair p,
 a few elementwise passes over d_h×R matrices that read rows of the per-(head, Δ) core
 tables: the query side of the key sums, and contractions with ``F``, ``F̂`` and ``Ũ``. As
 torch ops those are a dozen passes over (P, d_h, R) temporaries plus a gather (a copy) of
@@ -60,7 +60,7 @@ def _query_x(M, q, p, rd, halves, x):  # pragma: no cover - compiled
 @njit(nogil=True, cache=True)
 def query_side_sums(Mk, F, slots, q, safe, rd, halves, tsum, XD):  # pragma: no cover - compiled
     """For every pair p (table row ``t = slots[p]``): ``X = D_q(q_p)ᵀ Mk[p]`` (d_h × R), the
-    query side of the key sums (see ``decompose._query_side``: per rotary pair of dims
+    query side of the key sums (see :func:`_query_x`: per rotary pair of dims
     (a, a + rd/2) the cos and −sin rows of Mk combine with the rotated query, pass-through rows
     are scaled by q), then ``tsum[p, r] = Σ_e F[t, e, r] X[e, r]`` and, when ``XD`` has rows,
     ``XD[p] = X diag(safe[t])``.

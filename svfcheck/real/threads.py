@@ -2,7 +2,7 @@
 
 The per-(layer, head, Δ) core SVDs are thousands of d_h×d_h SVDs. On free cores one and two
 intra-op threads take the same time; on a shared machine two threads are many times slower
-(they wait for each other). So :class:`~svfcheck.real.svd.SVDCache` always computes them with
+(they wait for each other). So :class:`~svfcheck.real.svd_cache.SVDCache` always computes them with
 one intra-op thread — but on several cores at once through :func:`batched_svd`: the batch is
 cut into one contiguous chunk per core and each chunk runs single-threaded in its own Python
 thread (torch releases the GIL), so there is no per-matrix synchronisation to suffer from busy

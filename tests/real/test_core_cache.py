@@ -17,8 +17,8 @@ import torch
 from svfcheck.real.capture import capture
 from svfcheck.real.decompose import Pairs, decompose, top_attended_pairs
 from svfcheck.real.heads import extract_heads
-from svfcheck.real import svd
-from svfcheck.real.svd import SVDCache
+from svfcheck.real import svd_cache as svd
+from svfcheck.real.svd_cache import SVDCache
 
 
 @pytest.fixture(scope="module")

@@ -366,7 +366,7 @@ def test_decompose_threads_option_same_numbers_and_restores_the_setting(setup, a
     another's scratch, or a cache entry filled by a worker, would show up here), for the summed
     route (llama) and the RoPE-free fast path (gpt2); torch's thread count is restored
     afterwards, also after a failing call."""
-    from svfcheck.real.svd import SVDCache
+    from svfcheck.real.svd_cache import SVDCache
 
     _, heads, cap, pairs = setup(arch)
     before = torch.get_num_threads()
@@ -395,7 +395,7 @@ def test_decompose_threads_option_same_numbers_and_restores_the_setting(setup, a
 def test_core_table_grows_and_matches_fresh_svds(setup):
     """The per-layer core table extended in several calls equals one computed at once, and
     the cached key-side factor F equals R_kᵀ Ṽ (with the QK-norm key gain) recomputed here."""
-    from svfcheck.real.svd import SVDCache
+    from svfcheck.real.svd_cache import SVDCache
 
     _, heads, _, _ = setup("gemma3_text")
     grown, fresh = SVDCache(heads), SVDCache(heads)
@@ -416,7 +416,7 @@ def test_core_table_grows_and_matches_fresh_svds(setup):
 
 def test_core_lookup_after_growth_equals_a_fresh_lookup(setup):
     """Per-dtype copies (incl. F) merged on table growth equal those of a fresh cache."""
-    from svfcheck.real.svd import SVDCache
+    from svfcheck.real.svd_cache import SVDCache
 
     _, heads, _, _ = setup("gemma3_text")
     grown, fresh = SVDCache(heads), SVDCache(heads)
@@ -444,7 +444,7 @@ def test_summed_route_equals_per_key_route(arch, basis, slot_min, chunk, setup, 
     (kernels.slot_group_sums), ``10**9`` none; ``chunk=3`` cuts each head's other pairs into
     chunks of 3 through the per-pair products' scratch buffers (a chunk boundary handled wrong
     shows up here; the tiny prompts' heads have fewer pairs than the default 128)."""
-    import svfcheck.real.decompose as dec
+    import svfcheck.real.decompose.rotary_sums as dec
     from svfcheck.real import kernels
 
     monkeypatch.setattr(dec, "_SLOT_GROUP_MIN", slot_min)
@@ -498,7 +498,7 @@ def test_summed_route_gate_catches_a_wrong_key_sum(setup, monkeypatch):
     """The summed route's own failure mode: a wrong sum over keys (here the last visible key
     dropped from every query's sum, i.e. an off-by-one window) leaves every per-key logit right
     but the relative totals wrong; the gate's |Σ_r c_r − ℓ̃_j| term must catch it."""
-    import svfcheck.real.decompose as dec
+    import svfcheck.real.decompose.key_sums as dec
 
     _, heads, cap, pairs = setup("llama")
     assert decompose(heads, cap, pairs, controls=False).max_reconstruction_error < tol64("llama")
@@ -518,7 +518,7 @@ def test_basis_control_table_follows_the_seed_and_the_table(setup):
     A stale table — another seed's Q, or rows of a core table that has since grown at its low
     end (every row index shifts) — gives wrong rotated contributions; compared against a fresh
     cache each time."""
-    from svfcheck.real.svd import SVDCache
+    from svfcheck.real.svd_cache import SVDCache
 
     _, heads, cap, pairs = setup("llama")
     shared = SVDCache(heads)
@@ -539,7 +539,7 @@ def test_summed_route_without_duplicated_angle_halves(arch, setup, monkeypatch):
     """HF's rotate-half tables repeat each angle over dims t and t + rd/2, and the summed route
     then keeps one copy (e = d_h); the general layout (both copies, e = d_h + rd) must give the
     same numbers — forced here, since no shipped architecture produces it."""
-    import svfcheck.real.decompose as dec
+    import svfcheck.real.decompose.rope as dec
 
     _, heads, cap, pairs = setup(arch)
     want = decompose(heads, cap, pairs, seed=2, per_key=True)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from svfcheck.real import kernels
-from svfcheck.real.decompose import _gate
+from svfcheck.real.decompose.gate import _gate
 
 DH, R, P, T = 8, 8, 6, 4
 
@@ -110,7 +110,7 @@ def test_row_dots_and_vecmats_read_each_pairs_table_row(dtype):
 @pytest.mark.parametrize("rd", [8, 4])
 @pytest.mark.parametrize("inverse", [False, True])
 def test_rope_rows_is_the_models_rotation_of_each_row(rd, inverse):
-    from svfcheck.real.decompose import _rope
+    from svfcheck.real.decompose.rope import _rope
 
     g = torch.Generator().manual_seed(4)
     n = 9

@@ -1,4 +1,4 @@
-"""The summed route's per-query sums over visible keys (``decompose._key_sums``): prefix sums
+"""The summed route's per-query sums over visible keys (``decompose.key_sums._key_sums``): prefix sums
 for runs of keys from one common start (causal, left padding, bidirectional with padding),
 one GEMM for any other mask — both against a plain loop over each query's visible keys."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from svfcheck.real.decompose import _key_sums
+from svfcheck.real.decompose.key_sums import _key_sums
 
 N = 12
 

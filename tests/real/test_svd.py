@@ -11,13 +11,13 @@ from svfcheck.real.heads import extract_heads
 from svfcheck.real.reference import rope_delta_reference
 from svfcheck.real.svd import (
     ROUTES,
-    SVDCache,
     all_heads_svd,
     dense_svd,
     factor,
     factored_svd,
     three_svd,
 )
+from svfcheck.real.svd_cache import SVDCache
 
 ARCHS = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma3_text", "bert")
 
@@ -202,7 +202,7 @@ def test_core_tables_do_not_depend_on_the_worker_count(monkeypatch, tiny):
     dependent step, e.g. a head index taken from the chunk position, would break this), and
     mismatched leading axes are refused."""
     from svfcheck.real.heads import extract_heads
-    from svfcheck.real.svd import SVDCache
+    from svfcheck.real.svd_cache import SVDCache
     from svfcheck.real.threads import batched_map
 
     heads = extract_heads(tiny.model("gemma3_text"))
@@ -260,7 +260,7 @@ def test_prepare_of_several_layers_equals_one_lookup_per_layer(tiny):
     entries with the same bits as one ``core_lookup`` per layer, float32 copies and basis-control
     rows included, and computes nothing already there."""
     from svfcheck.real.heads import extract_heads
-    from svfcheck.real.svd import SVDCache
+    from svfcheck.real.svd_cache import SVDCache
 
     heads = extract_heads(tiny.model("gemma3_text"))
     H = heads.layers[0].n_heads

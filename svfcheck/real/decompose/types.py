@@ -1,0 +1,69 @@
+"""The decomposition's public types: the analysed pairs and the per-pair results
+(docs/math.md §3.2–§3.5, §3.7, §3.14)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Pairs:
+    """Analysed pairs, parallel int arrays of equal length P."""
+
+    prompt: np.ndarray
+    layer: np.ndarray
+    head: np.ndarray
+    query_pos: np.ndarray
+    key_pos: np.ndarray
+
+    @staticmethod
+    def of(prompt, layer, head, query_pos, key_pos) -> "Pairs":
+        arrs = [np.atleast_1d(np.asarray(a, dtype=np.int64)) for a in (prompt, layer, head, query_pos, key_pos)]
+        P = max(a.shape[0] for a in arrs)
+        arrs = [np.broadcast_to(a, (P,)).copy() for a in arrs]
+        return Pairs(*arrs)
+
+    def __len__(self) -> int:
+        return self.prompt.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Decomposition:
+    """Per-pair results (arrays of length P; ``(P, R)`` for per-term arrays, R = d_h).
+
+    ``terms``: t_r(i, j) (SVD order); ``contributions``: c_r(j) (relative attention terms);
+    ``logit`` = Σ terms (scaled, with the QK-norm factor); ``relative_attention`` = Σ c;
+    ``attention``: the model's a_ij; ``keys``: visible key positions per pair; ``k`` is -1
+    where ``relative_attention <= 0`` (undefined); Rolls–Tovee is NaN for an all-zero row. ``reconstruction_error`` per pair is the
+    max over visible keys of |log_softmax(reconstructed logits) − log(model attention)|; in the
+    summed route (RoPE / QK-norm layers, default) the reconstructed logits are the query's
+    logits recomputed from the extracted weights with ``Σ_r t_r(i, j)`` at the analysed key, and
+    the error also covers |Σ_r c_r − ℓ̃_j| (the relative total over the keys, see
+    :func:`~svfcheck.real.decompose.summed._summed_layer`). ``term_abs_max``: the summand scale A of
+    :func:`~svfcheck.real.decompose.gate_tolerance`.
+    ``*_rotated``: basis control (a); ``rolls_tovee_paper_control``: paper control (b).
+    """
+
+    pairs: Pairs
+    basis: str
+    attention: np.ndarray
+    logit: np.ndarray
+    relative_attention: np.ndarray
+    terms: np.ndarray
+    contributions: np.ndarray
+    singular_values: np.ndarray
+    n_keys: np.ndarray
+    keys: tuple[np.ndarray, ...]
+    rolls_tovee: np.ndarray
+    k: np.ndarray
+    contributions_rotated: np.ndarray | None
+    rolls_tovee_rotated: np.ndarray | None
+    k_rotated: np.ndarray | None
+    contributions_paper_control: np.ndarray | None
+    rolls_tovee_paper_control: np.ndarray | None
+    reconstruction_error: np.ndarray
+    max_reconstruction_error: float
+    key_terms: tuple[np.ndarray, ...] | None = None  # per pair (m, R) when requested
+    term_abs_max: np.ndarray | None = None  # per pair: max over visible keys k of Σ_r |t_r(i, k)|

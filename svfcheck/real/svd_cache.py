@@ -1,0 +1,388 @@
+"""The per-(layer, head, Δ) core SVD cache of a model (docs/math.md §4.3).
+
+In the spirit of TransformerLens' ``FactoredMatrix``: factors in, cached U/S/V out. One class,
+:class:`SVDCache`, built from a model's heads (:class:`~svfcheck.real.heads.ModelHeads`),
+factorises each layer once (:class:`LayerFactors`: ``W̃ = Q R``, docs/math.md §4.1) and hands
+out, lazily and cached,
+
+- :meth:`SVDCache.basis`: a layer's full ``(U, S, V)`` at Δ = 0 (the fast route's basis);
+- :meth:`SVDCache.core`: the core SVDs ``(Ũ, S, Ṽ)`` of ``C(Δ) = R_q M(Δ) R_kᵀ`` (§4.2);
+- :meth:`SVDCache.core_lookup` / :meth:`SVDCache.prepare`: the same for the decomposition,
+  only the (head, Δ) entries it asks for (:class:`CoreRequest`), in its dtype, with the
+  key-side factor ``F`` and the basis control's table (:meth:`SVDCache.control_table`).
+
+:func:`svd_cache` is the shared cache of a ``ModelHeads``. The all-heads SVD routes and the
+core SVD itself (:func:`~svfcheck.real.svd.core_svd`) live in :mod:`svfcheck.real.svd`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .heads import ModelHeads
+from .svd import core_svd, factor, middle_matrix, safe_singular_values, sign_fix
+from .threads import batched_jobs, batched_map
+
+__all__ = ["CoreRequest", "LayerFactors", "SVDCache", "svd_cache"]
+
+#: Cores per block in :meth:`SVDCache._cores` (32 of 64×64 float64: 1 MB per intermediate).
+_CORE_BLOCK = 32
+
+
+def _r_factor(W: torch.Tensor, route: str) -> torch.Tensor:
+    """The ``R`` of :func:`~svfcheck.real.svd.factor` alone (QR in ``mode="r"``: the same R, without forming Q)."""
+    if route == "qr":
+        return torch.linalg.qr(W, mode="r")[1]
+    return factor(W, route)[1]
+
+@dataclass(frozen=True, eq=False)
+class LayerFactors:
+    """Factorisation of one layer (float64): ``W̃_Q[h] = Q R_q[h]``, ``W̃_K[g] = Q R_k[g]``;
+    ``GRkT[h] = G_k R_k[kv(h)]ᵀ`` (with the QK-norm key gain ``G_k``, else ``R_kᵀ``), the
+    key-side factor of ``F = G_k R_kᵀ Ṽ`` shared by the core tables and the summed route."""
+
+    R_q: torch.Tensor  # (H, d_h, d_h)
+    R_k: torch.Tensor  # (Hkv, d_h, d_h)
+    R_q_inv: torch.Tensor  # (H, d_h, d_h)
+    R_k_inv: torch.Tensor  # (Hkv, d_h, d_h)
+    W_Q: torch.Tensor  # (H, D, d_h) augmented, float64
+    W_K: torch.Tensor  # (Hkv, D, d_h)
+    kv_index: torch.Tensor  # (H,)
+    GRkT: torch.Tensor  # (H, d_h, d_h)
+
+
+@dataclass(eq=False)
+class _CoreTable:
+    """One layer's core SVDs over the contiguous offset range ``lo .. lo + T − 1``: float64,
+    head-major (H, T, ...) so that one head's rows are contiguous. Only the (head, Δ) entries
+    marked in ``filled`` (H, T) have been computed; the others are allocated (untouched pages
+    cost no memory) and never read. ``conv``: per dtype, the converted copies and the entries
+    they hold; ``ctl``: per dtype, ``[key, basis-control table F̂, entries held]``."""
+
+    lo: int
+    Ut: torch.Tensor
+    S: torch.Tensor
+    Vt: torch.Tensor
+    F: torch.Tensor
+    filled: torch.Tensor
+    conv: dict
+    ctl: dict
+
+    @property
+    def T(self) -> int:
+        return self.S.shape[1]
+
+    def arrays(self) -> tuple:
+        return (self.Ut, self.S, self.Vt, self.F)
+
+
+def _copy_rows(dst: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
+    """``dst.flat[rows] = src.flat[rows]`` over the (head, Δ) entries of head-major tables
+    (H, T, ...), converting the dtype: only those rows' pages are touched."""
+    n = dst.shape[0] * dst.shape[1]
+    dst.view(n, -1).index_copy_(0, rows, src.reshape(n, -1).index_select(0, rows).to(dst.dtype))
+
+
+class CoreRequest(NamedTuple):
+    """One layer's core entries for :meth:`SVDCache.prepare`, in the argument order of
+    :meth:`SVDCache.core_lookup` (a plain tuple in that order works too)."""
+
+    layer: int
+    deltas: np.ndarray  # (n,) offsets Δ, one entry each
+    dtype: torch.dtype
+    heads: np.ndarray  # (n,) the head of each entry
+    span: tuple | None  # (lo, hi): an offset range to allocate (not compute), or None
+    control: tuple | None  # (key, Q) of the basis-control table, or None
+
+
+class SVDCache:
+    """Per-model cache of layer factorisations and of core SVDs per (layer, head, Δ) (docs/math.md §4.3).
+
+    ``core(layer, deltas)`` returns ``(Ũ, S, Ṽ)`` of ``C(Δ) = R_q M(Δ) R_kᵀ`` for every head,
+    shapes (n_Δ, H, d_h, d_h) / (n_Δ, H, d_h); :meth:`core_lookup` serves the decomposition,
+    which asks only for the (head, Δ) entries its pairs use. Either computes only the entries
+    not yet cached (lazily: the first 128-token prompt of SmolLM2-135M needs about a quarter of
+    the 30 × 9 × 128 entries its offsets span, 32 prompts about 88%; measured).
+    ``basis(layer)`` returns full ``(U, S, V)`` (H, D, d_h) at Δ = 0.
+    All in float64; stored per layer over a contiguous offset range (:class:`_CoreTable`),
+    head-major with the key-side factor ``F`` (see :meth:`core_lookup`), built on all cores
+    (:meth:`_core_rows`; :meth:`prepare` takes several layers' requests in one pooled run);
+    per-dtype copies for the decomposition and the basis control's table
+    (:meth:`control_table`) are written by the workers as new entries are computed, and
+    converted entry by entry on demand for entries computed earlier. Memory grows with
+    the entries computed, up to layers × heads × offsets × d_h²: SmolLM2-135M at 128 tokens
+    (30 layers × 9 heads × 128 offsets × 64²) holds ≈ 3.4 GB in float64 (Ũ, Ṽ, F) plus ≈ 2.3 GB
+    for a float32 decomposition with controls (its copies and the control table). Sign convention here is on the core (largest-|.| entry of each
+    ``ũ_r = Q_qᵀ u_r`` positive), so it needs no D-sized vector per offset; terms and
+    relative contributions do not depend on signs, the paper control does (via its Q's). For layers without RoPE every Δ maps to the Δ = 0 entry.
+    Every entry is computed on its own (:func:`~svfcheck.real.svd.core_svd` decides per core), so the cache's
+    contents do not depend on the order or grouping of the requests (tested).
+    """
+
+    def __init__(self, heads: ModelHeads, route: str = "qr"):
+        self.heads = heads
+        self.route = route
+        self._factors: dict[int, LayerFactors] = {}
+        self._core: dict[int, _CoreTable] = {}
+        self._basis: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def factors(self, layer: int) -> LayerFactors:
+        if layer not in self._factors:
+            lh = self.heads.layer(layer)
+            wq, wk = lh.augmented(torch.float64)
+            Rq, Rk = _r_factor(wq, self.route), _r_factor(wk, self.route)
+            kv = torch.as_tensor(lh.kv_head(np.arange(lh.n_heads)))
+            eye = torch.eye(lh.head_dim, dtype=torch.float64)
+            Rqi = torch.linalg.solve_triangular(Rq, eye.expand_as(Rq), upper=True)
+            Rki = torch.linalg.solve_triangular(Rk, eye.expand_as(Rk), upper=True)
+            RkT = Rk[kv].transpose(-1, -2)
+            GRkT = lh.k_gain.double()[None, :, None] * RkT if lh.qk_norm else RkT.contiguous()
+            self._factors[layer] = LayerFactors(Rq, Rk, Rqi, Rki, wq, wk, kv, GRkT)
+        return self._factors[layer]
+
+    def basis(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if layer not in self._basis:
+            f = self.factors(layer)
+            Ut, S, Vt = (t[0] for t in self.core(layer, 0))
+            U = f.W_Q @ (f.R_q_inv @ Ut)
+            V = f.W_K[f.kv_index] @ (f.R_k_inv[f.kv_index] @ Vt)
+            self._basis[layer] = (U, S, V)
+        return self._basis[layer]
+
+    def _plan(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None, dtype=None, control=None):
+        """``(table, todo)``: the layer's table, grown and given its converted copies, and — when
+        some of the (head, Δ) entries ``(hs, ds)`` are not there yet — ``todo = ((fn, tensors),
+        commit)``: the job that computes them (:func:`~svfcheck.real.threads.batched_jobs`) and
+        the call that marks them computed once it has run. The offset range first grows, in one copy of the
+        computed entries, to cover ``ds`` and ``span`` (lo, hi) — ``span`` only allocates: a
+        prompt's whole visible-offset range at once, so later prompts of that length never grow
+        (and copy) the table again.
+
+        The new entries are written, by the workers that compute them, into the float64 table
+        and into every converted copy the table has (``dtype``: make sure it has that one), and
+        with ``control = (key, Q)`` into ``dtype``'s basis-control table for ``key`` (see
+        :meth:`control_table`): each entry goes through memory once, while in cache, on all
+        cores, instead of being converted and multiplied afterwards in the caller's thread."""
+        lh = self.heads.layer(layer)
+        H, dh = lh.n_heads, lh.head_dim
+        tab = self._core.get(layer)
+        lo, hi = int(ds.min()), int(ds.max())
+        if span is not None:
+            lo, hi = min(lo, int(span[0])), max(hi, int(span[1]))
+        if tab is not None:
+            lo, hi = min(lo, tab.lo), max(hi, tab.lo + tab.T - 1)
+        if tab is None or lo != tab.lo or hi != tab.lo + tab.T - 1:
+            T, e, f64 = hi - lo + 1, torch.empty, torch.float64
+            grown = _CoreTable(lo, e(H, T, dh, dh, dtype=f64), e(H, T, dh, dtype=f64), e(H, T, dh, dh, dtype=f64),
+                               e(H, T, dh, dh, dtype=f64), torch.zeros(H, T, dtype=torch.bool), {}, {})
+            if tab is not None:  # move the computed entries (converted copies are redone on demand)
+                s = tab.lo - lo
+                grown.filled[:, s : s + tab.T] = tab.filled
+                h, t = torch.nonzero(tab.filled, as_tuple=True)
+                for a, b in zip(grown.arrays(), tab.arrays()):
+                    a[h, t + s] = b[h, t]
+            tab = self._core[layer] = grown
+        dtype = torch.float64 if dtype is None else dtype
+        if dtype != torch.float64 and dtype not in tab.conv:
+            tab.conv[dtype] = (tuple(torch.empty(a.shape, dtype=dtype) for a in tab.arrays()),
+                               torch.zeros_like(tab.filled))
+        ctl = None
+        if control is not None:
+            key, Q = control
+            ctl = tab.ctl.get(dtype)
+            if ctl is None or ctl[0] != key:
+                ctl = tab.ctl[dtype] = [key, torch.empty(tab.F.shape, dtype=dtype), torch.zeros_like(tab.filled)]
+        need = torch.zeros(H, tab.T, dtype=torch.bool)
+        need[torch.as_tensor(hs, dtype=torch.int64), torch.as_tensor(ds - tab.lo)] = True
+        need &= ~tab.filled
+        if not bool(need.any()):
+            return tab, None
+        h, t = torch.nonzero(need, as_tuple=True)  # head-major order
+        sinks = [tab.arrays()] + [arrays for arrays, _ in tab.conv.values()]
+        fh = None if ctl is None else (ctl[1], Q.to(dtype))
+        job = self._core_rows(layer, h, t.numpy() + tab.lo, into=(h * tab.T + t, sinks, fh))
+
+        def commit():
+            tab.filled |= need
+            for _, have in tab.conv.values():
+                have |= need
+            if ctl is not None:
+                ctl[2] |= need
+
+        return tab, (job, commit)
+
+    def _ensure(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None, dtype=None, control=None) -> _CoreTable:
+        """:meth:`_plan` one layer's request and compute it."""
+        tab, todo = self._plan(layer, hs, ds, span, dtype, control)
+        if todo is not None:
+            batched_jobs([todo[0]], block=_CORE_BLOCK)
+            todo[1]()
+        return tab
+
+    def prepare(self, requests) -> None:
+        """Make sure the entries of several layers are computed, all in one pooled run: each
+        request is a :class:`CoreRequest` ``(layer, deltas, dtype, heads, span, control)`` (or a
+        plain tuple in that order), as for :meth:`core_lookup`.
+        Spread over the workers across layers (:func:`~svfcheck.real.threads.batched_jobs`), so
+        a prompt that needs only a few new cores per layer still keeps every core busy; the
+        entries are the same as one :meth:`core_lookup` per layer (each is computed on its own)."""
+        todos = []
+        for layer, deltas, dtype, heads, span, control in requests:
+            hs, ds, span = self._request(layer, deltas, heads, span)
+            _, todo = self._plan(layer, hs, ds, span, dtype, control)
+            if todo is not None:
+                todos.append(todo)
+        batched_jobs([job for job, _ in todos], block=_CORE_BLOCK)
+        for _, commit in todos:
+            commit()
+
+    def _core_rows(self, layer: int, hs: torch.Tensor, ds: np.ndarray, into=None) -> tuple:
+        """``(Ũ, S, Ṽ, F)`` float64 of the cores of heads ``hs`` at offsets ``ds`` (one row each).
+
+        Thousands of d_h×d_h SVDs (:func:`~svfcheck.real.svd.core_svd`): through
+        :func:`~svfcheck.real.threads.batched_map` (one intra-op thread each, one contiguous
+        chunk per core), each chunk in blocks of :data:`_CORE_BLOCK` cores that are formed,
+        decomposed, sign-fixed and multiplied into ``F`` while in cache and written straight into
+        the output — all per-matrix work, so the result does not depend on the chunking.
+
+        ``into = (rows, sinks, control)``: return instead the job ``(fn, tensors)`` (for
+        :func:`~svfcheck.real.threads.batched_jobs`) that writes the results at the
+        flat rows ``rows`` (head·T + t) of each table in ``sinks`` (tuples of (H, T, ...) tables
+        ``(Ũ, S, Ṽ, F)``, each converted to its tables' dtype) and, with ``control = (F̂, Q)``,
+        ``F̂ = F diag(1/s) Q[h]`` in ``F̂``'s dtype (the same operations as
+        :meth:`control_table`, so the same values)."""
+        lh = self.heads.layer(layer)
+        f = self.factors(layer)
+        dh = f.R_q.shape[-1]
+        n = len(ds)
+        ud, off = np.unique(np.asarray(ds, dtype=np.int64), return_inverse=True)
+        M = middle_matrix(lh, ud)  # (n_Δ, dh, dh) or None
+        RkT = f.R_k[f.kv_index].transpose(-1, -2)
+
+        def one(hc, oc):
+            # the cores C = R_q M(Δ) R_kᵀ of this block only (never the whole batch)
+            Cc = f.R_q[hc] if M is None else f.R_q[hc] @ M[oc]
+            Ut, S, Vt = core_svd(Cc @ RkT[hc])
+            # core sign convention (cheap, no D-sized vector): largest-|.| entry of ũ_r positive
+            Ut, Vt = sign_fix(Ut, Vt)
+            return Ut, S, Vt, f.GRkT[hc] @ Vt
+
+        hs = torch.as_tensor(hs, dtype=torch.int64)
+        off = torch.as_tensor(off.reshape(-1))
+        if into is None:
+            e, dt = torch.empty, f.R_q.dtype
+            out = (e(n, dh, dh, dtype=dt), e(n, dh, dtype=dt), e(n, dh, dh, dtype=dt), e(n, dh, dh, dtype=dt))
+            return batched_map(one, hs, off, out=out, block=_CORE_BLOCK)
+        rows, sinks, control = into
+
+        def write(hc, oc, rc):  # disjoint rows per block: the workers never write the same entry
+            res = one(hc, oc)
+            for tables in sinks:
+                vals = tuple(x.to(tables[0].dtype) for x in res)
+                for a, v in zip(tables, vals):
+                    a.view(-1, v[0].numel()).index_copy_(0, rc, v.reshape(len(rc), -1))
+                if control is not None and control[0].dtype == tables[0].dtype:
+                    Fh, Q = control
+                    _, S, _, F = vals
+                    Fh.view(-1, dh * dh).index_copy_(0, rc, ((F / safe_singular_values(S)[:, None, :]) @ Q[hc]).reshape(len(rc), -1))
+
+        return write, (hs, off, torch.as_tensor(rows))
+
+    def _cores(self, layer: int, deltas: np.ndarray) -> tuple:
+        """``(Ũ, S, Ṽ, F)`` of every head at ``deltas``, head-major (H, n_Δ, ...), computed
+        afresh (:meth:`_core_rows` over the full grid; not cached)."""
+        H, n = self.heads.layer(layer).n_heads, len(deltas)
+        hs = torch.arange(H).repeat_interleave(n)
+        out = self._core_rows(layer, hs, np.tile(np.asarray(deltas, dtype=np.int64), H))
+        return tuple(t.view(H, n, *t.shape[1:]) for t in out)
+
+    def _offsets(self, layer: int, deltas) -> np.ndarray:
+        deltas = np.atleast_1d(np.asarray(deltas, dtype=np.int64))
+        return np.zeros_like(deltas) if self.heads.layer(layer).rotary is None else deltas
+
+    def core(self, layer: int, deltas) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        deltas = self._offsets(layer, deltas)
+        H = self.heads.layer(layer).n_heads
+        tab = self._ensure(layer, np.repeat(np.arange(H), len(deltas)), np.tile(deltas, H))
+        ix = torch.as_tensor(deltas - tab.lo)
+        return tuple(t.index_select(1, ix).transpose(0, 1).contiguous() for t in (tab.Ut, tab.S, tab.Vt))
+
+    def core_lookup(self, layer: int, deltas, dtype: torch.dtype, heads=None, span=None, control=None):
+        """For the decomposition: ``(Ũ, S, Ṽ, F, index)`` in ``dtype`` where the first four are
+        the layer's whole table, head-major (H, n_table, ...) so that one head's rows gather
+        contiguously (``T[h].index_select(0, index)``), and ``index`` maps each of ``deltas`` to its
+        row. ``heads``: per offset, the head whose core is needed (default: every head's);
+        only those entries are guaranteed computed, so read only them. ``span``: (lo, hi), an
+        offset range the table should cover (allocated, not computed; see :meth:`_ensure`).
+        ``control = (key, Q)``: also fill the basis-control table of ``dtype`` for ``key``
+        (:meth:`control_table`) as the new entries are computed.
+        ``F[h, t] = G_k R_k[kv(h)]ᵀ Ṽ[h, t]`` (= ``W̃_Kᵀ v_r`` in head space, with the
+        QK-norm key gain) is computed once per (layer, head, Δ), not once per pair."""
+        hs, ds, span = self._request(layer, deltas, heads, span)
+        tab = self._ensure(layer, hs, ds, span, dtype=dtype, control=control)
+        return (*self._converted(tab, dtype), torch.as_tensor(self._offsets(layer, deltas) - tab.lo))
+
+    def _request(self, layer: int, deltas, heads, span) -> tuple:
+        """``(heads, offsets, span)`` of one entry each, for :meth:`core_lookup`'s arguments."""
+        deltas = self._offsets(layer, deltas)
+        lh = self.heads.layer(layer)
+        if lh.rotary is None:
+            span = None
+        if heads is None:
+            return np.repeat(np.arange(lh.n_heads), len(deltas)), np.tile(deltas, lh.n_heads), span
+        return np.broadcast_to(np.asarray(heads, dtype=np.int64), deltas.shape).copy(), deltas, span
+
+    @staticmethod
+    def _converted(tab: _CoreTable, dtype: torch.dtype) -> tuple:
+        """The table in ``dtype`` (float64: itself), its computed entries converted once."""
+        if dtype == torch.float64:
+            return tab.arrays()
+        if dtype not in tab.conv:
+            tab.conv[dtype] = (tuple(torch.empty(a.shape, dtype=dtype) for a in tab.arrays()),
+                               torch.zeros_like(tab.filled))
+        arrays, have = tab.conv[dtype]
+        new = tab.filled & ~have
+        if bool(new.any()):
+            rows = torch.nonzero(new.view(-1)).squeeze(1)
+            for a, b in zip(arrays, tab.arrays()):
+                _copy_rows(a, b, rows)
+            have |= new
+        return arrays
+
+    def control_table(self, layer: int, dtype: torch.dtype, key, Q: torch.Tensor) -> torch.Tensor:
+        """``F̂[h, t] = F[h, t] diag(1/s) Q[h]`` (H, n_table, d_h, R) in ``dtype`` for the basis
+        control of the summed decomposition route (``Q``: (H, R, R), the heads' Haar matrices,
+        identified by ``key``, e.g. the control seed; ``s`` the singular values, zeros taken as 1).
+        Cached per (layer, dtype) for the latest ``key``, over the table's computed entries
+        (one product per entry here instead of one R×R product per pair there)."""
+        tab = self._core[layer]
+        _, S, _, F = self._converted(tab, dtype)
+        hit = tab.ctl.get(dtype)
+        if hit is None or hit[0] != key:
+            hit = tab.ctl[dtype] = [key, torch.empty(F.shape, dtype=dtype), torch.zeros_like(tab.filled)]
+        new = tab.filled & ~hit[2]
+        if bool(new.any()):
+            h, t = torch.nonzero(new, as_tuple=True)
+            safe = safe_singular_values(S[h, t])
+            hit[1][h, t] = (F[h, t] / safe[:, None, :]) @ Q.to(dtype)[h]
+            hit[2] |= new
+        return hit[1]
+
+    def __len__(self) -> int:
+        """Core SVDs computed so far, over all layers, heads and offsets."""
+        return sum(int(t.filled.sum()) for t in self._core.values())
+
+
+_CACHES: "weakref.WeakKeyDictionary[ModelHeads, SVDCache]" = weakref.WeakKeyDictionary()
+
+
+def svd_cache(heads: ModelHeads) -> SVDCache:
+    """The shared :class:`SVDCache` of ``heads`` (created on first use, dropped with ``heads``)."""
+    if heads not in _CACHES:
+        _CACHES[heads] = SVDCache(heads)
+    return _CACHES[heads]
