@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...tasks.selection import top_keys
 from ..capture import Capture
 from ..heads import ModelHeads
 from .types import Pairs
@@ -13,7 +14,8 @@ from .types import Pairs
 
 def top_attended_pairs(cap: Capture, layers=None, heads=None, skip_first: bool = True) -> Pairs:
     """Every real query's top-attended visible key (excluding position 0 when ``skip_first``)
-    in the given layers/heads (docs/math.md §3.6). Queries with no eligible key, or seeing fewer
+    in the given layers/heads (docs/math.md §3.6), by the one rule
+    :func:`svfcheck.tasks.selection.top_keys`. Queries with no eligible key, or seeing fewer
     than 2 keys, are skipped.
 
     Args:
@@ -30,18 +32,11 @@ def top_attended_pairs(cap: Capture, layers=None, heads=None, skip_first: bool =
     out = []
     L = cap.n_layers
     for l in range(L) if layers is None else layers:
-        A = cap.attn[l].clone()
-        vis = cap.visible[l].clone()
-        if skip_first:
-            vis[..., 0] = False
-        A = torch.where(vis[:, None], A, torch.full_like(A, -1.0))
-        H = A.shape[1]
-        hs = range(H) if heads is None else heads
-        for h in hs:
-            best = A[:, h].argmax(-1)  # (B, n)
-            ok = vis.any(-1) & cap.token_mask & (cap.visible[l].sum(-1) >= 2)
-            b, i = torch.nonzero(ok, as_tuple=True)
-            out.append(np.stack([b.numpy(), np.full(len(b), l), np.full(len(b), h), i.numpy(), best[b, i].numpy()]))
+        best, ok = top_keys(cap.attn[l], cap.visible[l][:, None], skip_first=skip_first)  # (B, H, n) each
+        ok &= cap.token_mask[:, None]
+        for h in range(best.shape[1]) if heads is None else heads:
+            b, i = torch.nonzero(ok[:, h], as_tuple=True)
+            out.append(np.stack([b.numpy(), np.full(len(b), l), np.full(len(b), h), i.numpy(), best[b, h, i].numpy()]))
     arr = np.concatenate(out, axis=1) if out else np.zeros((5, 0), dtype=np.int64)
     return Pairs.of(*arr)
 
