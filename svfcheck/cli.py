@@ -48,7 +48,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_theory(args: argparse.Namespace) -> int:
     from svfcheck.theory.summary import theory_summary
 
-    out = prepare_out_dir(args.out) if args.out else None
+    out = prepare_out_dir(args.out) if args.out is not None else None
     summary = theory_summary(seed=args.seed)
     text = json.dumps(summary, indent=2, sort_keys=True)
     if out is not None:

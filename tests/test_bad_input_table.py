@@ -134,6 +134,7 @@ CASES = [
     C("theory-seed-negative", "theory --seed -5", "--seed", "'-5'"),
     C("theory-out-is-file", "theory --out {file}", "--out", "{file}"),
     C("theory-out-under-file", "theory --out {under_file}", "--out", "{under_file}"),
+    Case("theory-out-empty", ("theory", "--out", ""), ("--out is empty",)),
     # ---------------------------------------------------------------- sad: the model
     C("sad-no-model", "sad", "--model"),
     C("sad-unknown-name", "sad --model no-such-model-xyz --out {tmp}", "no-such-model-xyz", "smollm2-135m"),
@@ -230,6 +231,7 @@ CASES = [
     # ---------------------------------------------------------------- gate
     C("gate-no-spec", "gate", "SPEC"),
     C("gate-spec-missing", "gate {spec_missing}", "{spec_missing}"),
+    C("gate-spec-device-file", "gate /dev/null", "/dev/null", "not a regular file"),
     C("gate-spec-not-toml", "gate {spec_notoml}", "{spec_notoml}"),
     C("gate-spec-unknown-key", "gate {spec_badkey}", "{spec_badkey}", "headz"),
     C("gate-spec-n-prompts-huge", "gate {spec_many}", "{spec_many}", "n_prompts"),

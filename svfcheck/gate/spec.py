@@ -484,6 +484,8 @@ def spec_files(paths: Iterable[str | Path]) -> list[Path]:
             if p.suffix != ".toml":
                 raise SpecError(p, None, "is not a .toml file", "a spec file ending in .toml")
             out.append(p)
+        elif p.exists():
+            raise SpecError(p, None, "is not a regular file or a directory", "a spec file or a directory of *.toml specs")
         else:
             raise SpecError(p, None, "no such file or directory", "a spec file or a directory of *.toml specs")
     return list(dict.fromkeys(out))
