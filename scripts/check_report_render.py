@@ -18,6 +18,19 @@ What it does:
 4. Compares: every section of ``report.json`` is on the page, with a claims table of the right
    number of rows, the right number of data tables (each with rows) and of figures, and every
    figure decoded with a non-zero size and is laid out with a non-zero size.
+5. Checks the figures are readable and packed (the probe records each ``<img>``'s and its
+   ``<figure>``'s laid-out box and the page's content box; the drawn size of each figure comes
+   from its PNG: pixels over the ``pHYs`` dpi, 100 dpi without one):
+
+   - every figure is displayed at least :data:`MIN_FIGURE_PX` CSS px wide;
+   - every figure is displayed at least :data:`MIN_SCALE` of its drawn size (96 CSS px per
+     inch), so text drawn at 9 pt reads as ≥ ~8.5 pt — a 12-panel strip squeezed into a
+     column fails this;
+   - a figure too wide to be shown at :data:`MIN_SCALE` in half the content width spans the
+     full content width;
+   - figures are packed: in each section, the figures side by side (a "row": boxes that overlap
+     vertically) cover at least 1 − :data:`MAX_ROW_HOLE` of the content width × the row's
+     height, and only a section's last row may hold a single figure that does not span.
 
 Exit status: 0 all present; 1 something missing (each problem printed); 2 bad input (no such
 report, no Chromium). Chromium runs with a fresh profile and no network features:
@@ -30,6 +43,7 @@ Chromium is found as ``$SVFCHECK_CHROMIUM``, ``chromium``, ``chromium-browser`` 
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import json
 import os
@@ -42,7 +56,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["find_chromium", "check_report", "RenderCheck", "ChromiumMissing", "main"]
+__all__ = ["find_chromium", "check_report", "layout_problems", "png_inches", "RenderCheck", "ChromiumMissing", "main"]
 
 FLAGS = (
     "--headless",
@@ -58,6 +72,12 @@ FLAGS = (
 WIDTH = 1280
 MAX_HEIGHT = 16_000  # screenshots taller than this are cropped (Chromium's own limit is ~16k px)
 PROBE_ID = "svfcheck-render-probe"
+MIN_FIGURE_PX = 480  # at WIDTH: the page's content is 1100 px, a column ~542 px
+MIN_SCALE = 0.95  # displayed width / drawn width (96 CSS px per inch)
+MAX_ROW_HOLE = 0.25  # largest empty fraction of a row of figures (content width × row height)
+CSS_PX_PER_INCH = 96.0
+DEFAULT_DPI = 100.0  # matplotlib's default, for a PNG without a pHYs chunk
+EDGE_PX = 2.0  # tolerance for "spans the content width"
 
 PROBE = """
 <pre id="%s" style="display:none"></pre>
@@ -84,13 +104,21 @@ window.addEventListener('load', function () {
     var imgs = el.tagName === 'IMG' ? [el] : el.querySelectorAll('img');
     for (var k = 0; k < imgs.length; k++) {
       var im = imgs[k], r = im.getBoundingClientRect();
+      var f = (im.closest && im.closest('figure')) || im, fr = f.getBoundingClientRect();
       cur.images.push({alt: im.alt, complete: im.complete, natural_width: im.naturalWidth,
-                       natural_height: im.naturalHeight, width: r.width, height: r.height});
+                       natural_height: im.naturalHeight, width: r.width, height: r.height,
+                       index: Array.prototype.indexOf.call(document.images, im),
+                       left: r.left + window.scrollX, top: r.top + window.scrollY,
+                       figure: {left: fr.left + window.scrollX, top: fr.top + window.scrollY,
+                                width: fr.width, height: fr.height}});
     }
   }
+  var b = document.body, bs = getComputedStyle(b), br = b.getBoundingClientRect();
+  var pl = parseFloat(bs.paddingLeft) || 0, pr = parseFloat(bs.paddingRight) || 0;
   document.getElementById('%s').textContent = JSON.stringify({
     title: document.title, h1: (document.querySelector('h1') || {}).textContent || '',
     verdict: (document.getElementById('verdict') || {}).textContent || '',
+    content_left: br.left + window.scrollX + pl, content_width: b.clientWidth - pl - pr,
     scroll_height: document.documentElement.scrollHeight, sections: sections});
 });
 </script>
@@ -146,6 +174,102 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+def png_inches(data: bytes) -> tuple[float, float] | None:
+    """(width, height) in inches a PNG was drawn at: pixels over its ``pHYs`` dpi
+    (:data:`DEFAULT_DPI` without one); None if ``data`` is not a PNG."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    w, h = struct.unpack(">II", data[16:24])
+    dpi, pos = DEFAULT_DPI, 8
+    while pos + 8 <= len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"pHYs" and n == 9 and pos + 17 <= len(data):
+            ppx, _ppy, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
+            if unit == 1 and ppx > 0:
+                dpi = ppx * 0.0254
+            break
+        if kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + n
+    return w / dpi, h / dpi
+
+
+_IMG = re.compile(r"<img\b[^>]*>", re.I)
+_SRC = re.compile(r"""\bsrc\s*=\s*(['"])data:image/png;base64,([^'"]*)\1""", re.I)
+
+
+def _drawn_inches(page_html: str) -> list[tuple[float, float] | None]:
+    """Drawn size of every ``<img>`` of the page in document order (``document.images``)."""
+    out = []
+    for tag in _IMG.findall(page_html):
+        m = _SRC.search(tag)
+        try:
+            out.append(png_inches(base64.b64decode(m.group(2))) if m else None)
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def layout_problems(page: dict, drawn: list[tuple[float, float] | None]) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the figures' sizes and packing; see the module docstring, step 5.
+
+    ``page`` is the probe's record, ``drawn`` the drawn size (inches) of each ``document.images``
+    entry."""
+    problems: list[str] = []
+    notes: list[str] = []
+    cw, cl = float(page.get("content_width") or 0), float(page.get("content_left") or 0)
+    if cw <= 0:
+        return ["the page's content width could not be measured"], notes
+    scales = []
+    for s in page["sections"]:
+        t = s["title"]
+        shown = [im for im in s["images"] if im["width"] > 0 and im["height"] > 0]
+        for im in shown:
+            size = drawn[im["index"]] if 0 <= im.get("index", -1) < len(drawn) else None
+            if im["width"] < MIN_FIGURE_PX:
+                problems.append(f"section {t!r}: figure {im['alt']!r} is displayed {im['width']:.0f} px wide, "
+                                f"less than {MIN_FIGURE_PX} px")
+            if size is None:
+                continue
+            drawn_px = size[0] * CSS_PX_PER_INCH
+            scale = im["width"] / drawn_px
+            scales.append(scale)
+            if scale < MIN_SCALE:
+                problems.append(f"section {t!r}: figure {im['alt']!r} drawn {size[0]:.1f} in wide is displayed at "
+                                f"{im['width']:.0f} px = {scale:.0%} of its drawn size (text shrinks alike), "
+                                f"less than {MIN_SCALE:.0%}")
+            if drawn_px * MIN_SCALE > cw / 2 and (im["width"] < cw - EDGE_PX or abs(im["left"] - cl) > EDGE_PX):
+                problems.append(f"section {t!r}: wide figure {im['alt']!r} ({size[0]:.1f} in) is displayed "
+                                f"{im['width']:.0f} px wide at x={im['left'] - cl:.0f}; it should span the content "
+                                f"width ({cw:.0f} px)")
+        rows: list[list[dict]] = []
+        for im in sorted(shown, key=lambda im: im["figure"]["top"]):
+            f = im["figure"]
+            if rows and f["top"] < max(g["figure"]["top"] + g["figure"]["height"] for g in rows[-1]) - 1:
+                rows[-1].append(im)
+            else:
+                rows.append([im])
+        for i, row in enumerate(rows):
+            boxes = [im["figure"] for im in row]
+            top = min(b["top"] for b in boxes)
+            height = max(b["top"] + b["height"] for b in boxes) - top
+            filled = sum(min(b["width"], cw) * b["height"] for b in boxes)
+            hole = 1 - filled / (cw * height) if height > 0 else 0.0
+            spans = any(b["width"] >= cw - EDGE_PX for b in boxes)
+            names = ", ".join(repr(im["alt"]) for im in row)
+            if len(row) == 1 and not spans:
+                if i < len(rows) - 1:
+                    problems.append(f"section {t!r}: figure {names} stands alone in its row with an empty column "
+                                    f"beside it, and more figures follow")
+                continue
+            if hole > MAX_ROW_HOLE:
+                problems.append(f"section {t!r}: the row of figures {names} leaves {hole:.0%} of its area empty "
+                                f"(more than {MAX_ROW_HOLE:.0%}): figures of unequal height side by side")
+    if scales:
+        notes.append(f"figures displayed at {min(scales):.0%}–{max(scales):.0%} of their drawn size")
+    return problems, notes
+
+
 def _blank(path: Path) -> bool:
     """True when the screenshot has (almost) a single colour."""
     import matplotlib.image as mpimg
@@ -183,6 +307,7 @@ def check_report(report_dir: Path, chromium: str | None = None, screenshot: Path
         if not m or not m.group(1).strip():
             return RenderCheck([f"the page did not finish rendering (no probe output in the DOM dump of {index})"], {}, None)
         page = json.loads(html.unescape(m.group(1)))
+        drawn = _drawn_inches(text)
         height = max(200, min(MAX_HEIGHT, int(page["scroll_height"]) + 20))
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         _run(exe, [f"--screenshot={screenshot}", f"--window-size={WIDTH},{height}", "--virtual-time-budget=10000",
@@ -228,6 +353,9 @@ def check_report(report_dir: Path, chromium: str | None = None, screenshot: Path
                                 f"(complete={im['complete']}, {im['natural_width']}x{im['natural_height']})")
             elif im["width"] <= 0 or im["height"] <= 0:
                 problems.append(f"section {t!r}: figure {im['alt']!r} is laid out with zero size")
+    lp, ln = layout_problems(page, drawn)
+    problems.extend(lp)
+    notes.extend(ln)
     extra = sorted(set(got) - {e["title"] for e in expected})
     if extra:
         notes.append(f"sections on the page but not in report.json: {extra}")

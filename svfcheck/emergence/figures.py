@@ -8,15 +8,21 @@
   index for one head per role at the first and last checkpoint.
 
 Every figure is a function of the JSON data alone, so a reader can redraw it from the file.
+All text is at least 9 pt (:data:`RC`, as in the report's figures).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["write_emergence_figures", "sparsity_vs_step", "k_vs_step", "decomposition_first_last"]
+
+#: Text sizes (pt): nothing under 9 pt at the drawn size.
+RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+      "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11}
 
 _BASES = (("s_svd", "SVD basis", "C0"), ("s_rotated", "basis control (a)", "C1"),
           ("s_paper_control", "paper control (b)", "C2"))
@@ -29,6 +35,17 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _legible(fn):
+    """Draw (and save) the figure under :data:`RC`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _plt().rc_context(RC):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _x(steps):
@@ -53,14 +70,15 @@ def _metric(ax, data):
     else:
         tw.plot(tm["step"], tm["eval_loss"], color="k", ls=":", lw=1, label="held-out loss")
         tw.set_ylabel("held-out loss (nats)")
-    tw.legend(loc="upper right", fontsize=7)
+    tw.legend(loc="upper right")
 
 
+@_legible
 def sparsity_vs_step(data: dict, path) -> Path:
     plt = _plt()
     steps = [int(s) for s in data["steps"]]
     roles = data["roles"]
-    fig, axes = plt.subplots(1, len(roles), figsize=(4.6 * len(roles), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(roles), figsize=(5.5 * len(roles), 4.0), squeeze=False)
     for ax, role in zip(axes[0], roles):
         rows = [data["steps"][str(s)].get(role, {}) for s in steps]
         ok = [i for i, r in enumerate(rows) if r.get("n_pairs", 0) > 0]
@@ -74,21 +92,22 @@ def sparsity_vs_step(data: dict, path) -> Path:
         _axis(ax, steps)
         ax.set_ylabel("mean Rolls–Tovee S (lower = sparser)")
         n = rows[ok[-1]]["n_pairs"] if ok else 0
-        ax.set_title(f"{role} ({n} pairs)", fontsize=9)
-        ax.legend(loc="lower left", fontsize=7)
+        ax.set_title(f"{role} ({n} pairs)")
+        ax.legend(loc="lower left")
         _metric(ax, data)
-    fig.suptitle(f"{data['series']['name']}: sparsity over training (99% bootstrap bands)", fontsize=10)
+    fig.suptitle(f"{data['series']['name']}: sparsity over training (99% bootstrap bands)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
 
 
+@_legible
 def k_vs_step(data: dict, path) -> Path:
     plt = _plt()
     steps = [int(s) for s in data["steps"]]
     roles = data["roles"]
-    fig, axes = plt.subplots(1, len(roles), figsize=(4.2 * len(roles), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(roles), figsize=(5.5 * len(roles), 4.0), squeeze=False)
     for ax, role in zip(axes[0], roles):
         rows = [data["steps"][str(s)].get(role, {}) for s in steps]
         for key, label, color in (("median_k", "SVD basis", "C0"), ("median_k_rotated", "basis control (a)", "C1")):
@@ -96,9 +115,9 @@ def k_vs_step(data: dict, path) -> Path:
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, color=color, label=label)
         _axis(ax, steps)
-        ax.set_ylabel("median k (largest terms reaching rel. attention)", fontsize=8)
-        ax.set_title(role, fontsize=9)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.set_ylabel("median k (largest terms\nreaching rel. attention)")
+        ax.set_title(role)
+        ax.legend(loc="lower left")
         _metric(ax, data)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -106,13 +125,14 @@ def k_vs_step(data: dict, path) -> Path:
     return Path(path)
 
 
+@_legible
 def decomposition_first_last(data: dict, path) -> Path:
     plt = _plt()
     ex = data["examples"]
     keys = sorted(set(ex["first"]) & set(ex["last"]))
     if not keys:
         keys = sorted(set(ex["first"]) | set(ex["last"]))
-    fig, axes = plt.subplots(max(1, len(keys)), 2, figsize=(9, 2.4 * max(1, len(keys))), squeeze=False)
+    fig, axes = plt.subplots(max(1, len(keys)), 2, figsize=(11, 3.1 * max(1, len(keys))), squeeze=False)
     for row, k in enumerate(keys):
         for col, which in enumerate(("first", "last")):
             ax = axes[row][col]
@@ -128,11 +148,11 @@ def decomposition_first_last(data: dict, path) -> Path:
             ax.axhline(0, color="k", lw=0.5)
             step = ex[f"{which}_step"]
             ax.set_title(f"step {step} · {e['role']} head {e['layer']}.{e['head']} · q{e['query']}→k{e['key']} "
-                         f"(k={e['k']} vs {e['k_rotated']})", fontsize=8)
+                         f"(k={e['k']} vs {e['k_rotated']})")
             ax.set_xlabel("singular index r")
-            ax.set_ylabel("contribution to relative attention", fontsize=7)
+            ax.set_ylabel("contribution to\nrelative attention")
             if row == 0 and col == 0:
-                ax.legend(fontsize=7)
+                ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,17 +5,29 @@
 - :func:`k_histograms` — reconstruction count k per head, SVD basis vs basis control (Fig. 9a);
 - :func:`sparsity_vs_controls` — mean Rolls–Tovee S in the SVD basis vs both controls with 99%
   intervals, trained and (if given) random-init.
+
+Sizes: the report (:mod:`svfcheck.reports.html`) shows a figure at about its drawn size, so
+single-panel figures are drawn :data:`NARROW` wide (one column of the page), multi-panel ones
+:data:`WIDE` wide (the full page), and all text is at least 9 pt (:data:`RC`).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from .. import stats
 
-__all__ = ["decomposition_bars", "k_histograms", "sparsity_vs_controls", "write_figures", "chosen_pairs"]
+__all__ = ["decomposition_bars", "k_histograms", "sparsity_vs_controls", "write_figures", "chosen_pairs",
+           "NARROW", "WIDE", "RC"]
+
+#: Figure widths in inches: one column of the report page, and the full page.
+NARROW, WIDE = 5.5, 11.0
+#: Text sizes (pt): nothing under 9 pt at the drawn size.
+RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+      "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 12}
 
 
 def _plt():
@@ -25,6 +37,23 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _legible(fn):
+    """Draw (and save) the figure under :data:`RC`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _plt().rc_context(RC):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _grid(n: int, cols: int) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``n`` panels at most ``cols`` wide."""
+    c = max(1, min(n, cols))
+    return -(-max(1, n) // c), c
 
 
 def chosen_pairs(result, n: int = 4) -> list[int]:
@@ -45,22 +74,28 @@ def chosen_pairs(result, n: int = 4) -> list[int]:
     return out
 
 
+@_legible
 def decomposition_bars(result, path, n: int = 4) -> Path:
+    """One bar panel per chosen pair, two panels a row (:data:`WIDE`; one pair: :data:`NARROW`)."""
     plt = _plt()
     idx = chosen_pairs(result, n)
     r = result.records
-    fig, axes = plt.subplots(len(idx) or 1, 1, figsize=(7, 2.2 * max(1, len(idx))), squeeze=False)
-    for ax, p in zip(axes[:, 0], idx):
+    rows, cols = _grid(len(idx), 2)
+    fig, axes = plt.subplots(rows, cols, figsize=(NARROW * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.flat[len(idx):]:
+        ax.set_axis_off()
+    for i, (ax, p) in enumerate(zip(axes.flat, idx)):
         c = r["terms"][p]
         ax.bar(np.arange(1, c.size + 1), c, color=np.where(c >= 0, "tab:blue", "tab:red"))
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(
-            f"L{r['layer'][p]}H{r['head'][p]} prompt {r['prompt_index'][p]} q={r['query_pos'][p]}→k={r['key_pos'][p]}: "
+            f"L{r['layer'][p]}H{r['head'][p]} prompt {r['prompt_index'][p]} q={r['query_pos'][p]}→k={r['key_pos'][p]}:\n"
             f"a={r['attention'][p]:.2f}, rel. attn={r['relative_attention'][p]:.2f}, k={r['k'][p]}, S={r['rolls_tovee'][p]:.2f}",
-            fontsize=8,
         )
-        ax.set_ylabel("contribution")
-    axes[-1, 0].set_xlabel("singular index")
+        if i % cols == 0:
+            ax.set_ylabel("contribution")
+        if i + cols >= len(idx):  # bottom panel of its column
+            ax.set_xlabel("singular index")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -68,21 +103,29 @@ def decomposition_bars(result, path, n: int = 4) -> Path:
     return path
 
 
+@_legible
 def k_histograms(result, path, max_heads: int = 6) -> Path:
+    """One histogram per head, three a row, :data:`WIDE` wide (one head: :data:`NARROW`)."""
     plt = _plt()
     r = result.records
     heads = [(h["layer"], h["head"]) for h in sorted(result.per_head, key=lambda h: -h.get("mean_attention", 0))][:max_heads]
-    fig, axes = plt.subplots(1, max(1, len(heads)), figsize=(3 * max(1, len(heads)), 2.6), squeeze=False)
+    rows, cols = _grid(len(heads), 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(NARROW if cols == 1 else WIDE, 3.0 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[len(heads):]:
+        ax.set_axis_off()
     R = result.singular_values_dim
     bins = np.arange(0.5, R + 1.5, max(1, R // 32))
-    for ax, (l, h) in zip(axes[0], heads):
+    for i, (ax, (l, h)) in enumerate(zip(axes.flat, heads)):
         m = (r["layer"] == l) & (r["head"] == h)
         k, kr = r["k"][m], r["k_rotated"][m]
         ax.hist(k[k >= 0], bins=bins, alpha=0.7, label="SVD basis")
         ax.hist(kr[kr >= 0], bins=bins, alpha=0.5, label="rotated basis")
-        ax.set_title(f"L{l}H{h} (n={int(m.sum())})", fontsize=8)
-        ax.set_xlabel("k")
-    axes[0, 0].legend(fontsize=7)
+        ax.set_title(f"L{l}H{h} (n={int(m.sum())})")
+        if i + cols >= len(heads):  # bottom panel of its column
+            ax.set_xlabel("k")
+        if i % cols == 0:
+            ax.set_ylabel("pairs")
+    axes[0, 0].legend()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -90,10 +133,11 @@ def k_histograms(result, path, max_heads: int = 6) -> Path:
     return path
 
 
+@_legible
 def sparsity_vs_controls(result, path, baseline=None) -> Path:
     plt = _plt()
     runs = [("trained", result)] + ([("random init", baseline)] if baseline is not None else [])
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = plt.subplots(figsize=(NARROW, 4.0))
     width = 0.25
     for j, which in enumerate(("svd", "rotated", "paper_control")):
         xs, ys, lo, hi = [], [], [], []
@@ -106,9 +150,9 @@ def sparsity_vs_controls(result, path, baseline=None) -> Path:
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label={"svd": "SVD basis", "rotated": "basis control (a)",
                                                                 "paper_control": "paper control (b)"}[which])
     ax.set_xticks(range(len(runs)), [f"{n}\n({len(r)} pairs)" for n, r in runs])
-    ax.set_ylabel("mean Rolls–Tovee S (lower = sparser)")
-    ax.set_title(result.model, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_ylabel("mean Rolls–Tovee S\n(lower = sparser)")
+    ax.set_title(result.model)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False, columnspacing=1.0)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

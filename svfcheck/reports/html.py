@@ -1,16 +1,31 @@
 """Render a report (sections of claims, tables and figures) as one self-contained HTML page.
 
 Figures are embedded as base64 PNG so the page can be mailed or archived as a single file.
+
+Layout: each section's figures sit in a two-column CSS grid (``grid-auto-flow: dense``, so a
+narrow figure after a wide one fills the hole beside the previous narrow one). The figure code
+draws narrow figures about :data:`COLUMN_INCHES` wide and multi-panel figures about twice that,
+with text of at least 9 pt; a figure drawn wider than :data:`WIDE_INCHES` (read from the PNG's
+``pHYs`` dpi) spans both columns. Every image is shown at ``width: 100%; height: auto`` of its
+cell, so at the page's width (1100 CSS px ≈ 11.5 in at 96 px/in) a figure appears at about its
+drawn size and its point sizes hold.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Claim", "Section", "render_html"]
+__all__ = ["Claim", "Section", "render_html", "png_inches", "is_wide", "COLUMN_INCHES", "WIDE_INCHES"]
+
+#: Width (inches at 96 CSS px/in) of one grid column at the page's full width: (1100 px − 16 px gap) / 2.
+COLUMN_INCHES = 5.65
+#: A figure drawn wider than this cannot be shown at its drawn size in one column: it spans both.
+WIDE_INCHES = COLUMN_INCHES
+_DEFAULT_DPI = 100.0  # matplotlib's default when a PNG carries no pHYs chunk
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,10 @@ _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eee}.pass{color:#0a6b0a;font-weight:bold}.fail{color:#b00;font-weight:bold}
-figure{display:inline-block;margin:0.5em;max-width:48%}figure img{max-width:100%}figcaption{font-size:90%;color:#555}
+.figures{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));grid-auto-flow:dense;gap:1.5em 16px;align-items:start;margin:1em 0}
+.figures figure{margin:0;min-width:0}.figures figure.wide{grid-column:1/-1}
+.figures img{display:block;width:100%;height:auto}figcaption{font-size:90%;color:#555;margin-top:0.3em}
+@media (max-width:800px){.figures{grid-template-columns:minmax(0,1fr)}}
 .error{background:#fee;border:1px solid #b00;padding:0.5em}
 """
 
@@ -51,6 +69,45 @@ def _table(caption: str, header: tuple[str, ...], rows: tuple[tuple[str, ...], .
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><caption>{_esc(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def png_inches(data: bytes) -> tuple[float, float] | None:
+    """(width, height) in inches a PNG was drawn at: pixels over its ``pHYs`` dpi (matplotlib
+    writes it; 100 dpi without one). None if ``data`` is not a PNG."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    w, h = struct.unpack(">II", data[16:24])
+    dpi = _DEFAULT_DPI
+    pos = 8
+    while pos + 8 <= len(data):  # walk the chunks up to the image data (pHYs must precede IDAT)
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"pHYs" and n == 9:
+            ppx, _ppy, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
+            if unit == 1 and ppx > 0:  # pixels per metre
+                dpi = ppx * 0.0254
+            break
+        if kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + n
+    return w / dpi, h / dpi
+
+
+def is_wide(data: bytes) -> bool:
+    """True for a figure drawn wider than :data:`WIDE_INCHES`: it spans both grid columns."""
+    size = png_inches(data)
+    return size is not None and size[0] > WIDE_INCHES
+
+
+def _figure(cap: str, path: Path) -> str:
+    raw = Path(path).read_bytes()
+    data = base64.b64encode(raw).decode("ascii")
+    dims = ""
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:  # reserve the aspect ratio before decoding
+        w, h = struct.unpack(">II", raw[16:24])
+        dims = f" width='{w}' height='{h}'"
+    cls = " class='wide'" if is_wide(raw) else ""
+    return (f"<figure{cls}><img alt='{_esc(cap)}'{dims} src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_esc(cap)}</figcaption></figure>")
 
 
 def render_html(title: str, sections: list[Section], meta: dict[str, str]) -> str:
@@ -80,8 +137,7 @@ def render_html(title: str, sections: list[Section], meta: dict[str, str]) -> st
             parts.append(_table(cap, header, rows))
         for note in s.notes:
             parts.append(f"<p>{_esc(note)}</p>")
-        for cap, path in s.figures:
-            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            parts.append(f"<figure><img alt='{_esc(cap)}' src='data:image/png;base64,{data}'><figcaption>{_esc(cap)}</figcaption></figure>")
+        if s.figures:
+            parts.append("<div class='figures'>" + "".join(_figure(cap, path) for cap, path in s.figures) + "</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
