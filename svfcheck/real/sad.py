@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import stats
 from ..tasks.circuits import CircuitHead, paper_circuit
@@ -36,9 +35,10 @@ from ..tasks.selection import (
     validate_heads,
 )
 from .capture import capture, pad_batches
-from .decompose import Pairs, decompose
+from .decompose import Pairs
 from .heads import cached_heads
 from .models import LoadedModel
+from .sad_step import BatchSAD, DecomposeOptions, decompose_batches, default_dtype
 from .settings import SADSettings
 from .threads import single_thread
 
@@ -280,7 +280,7 @@ def analyze(
     if selection == "circuit" and mode == "all":
         raise ValueError("selection='circuit' needs a head table: heads='paper', 'discover' or a list of CircuitHead")
     if dtype is None:
-        dtype = torch.float64 if all(lh.rotary is None and not lh.qk_norm for lh in mh.layers) else torch.float32
+        dtype = default_dtype(mh)
     pad = getattr(tok, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
     batches = list(pad_batches([p.token_ids for p in ps], batch_size, pad))
@@ -304,9 +304,9 @@ def analyze(
     cols = {k: [] for k in ("prompt_index", "layer", "head", "query_pos", "key_pos", "attention", "relative_attention",
                              "terms", "k", "rolls_tovee", "k_rotated", "rolls_tovee_rotated", "rolls_tovee_paper_control", "role")}
     keys: list[np.ndarray | None] = []
-    max_err = 0.0
-    for s, ids, mask in _progress(batches, len(batches), f"{loaded.name}: SAD", progress):
-        cap = caps.pop(s) if s in caps else capture(model, ids, mask, heads=mh)
+    causal = [mh.layers[l].causal for l in range(L)]
+
+    def select(s, ids, mask, cap):
         sel = []
         for b in range(ids.shape[0]):
             attn, vis = cap.prompt_views(b)
@@ -318,17 +318,17 @@ def analyze(
                 got = threshold_pairs(attn, vis, heads=head_pairs, prompt_index=b)
             sel.extend(got.pairs)
         if not sel:
-            continue
-        pairs = Pairs.of(*np.array([[q.prompt_index, q.layer, q.head, q.query, q.key] for q in sel]).T)
-        d = decompose(mh, cap, pairs, basis=basis, controls=True, seed=seed, dtype=dtype, threads=threads)
-        max_err = max(max_err, d.max_reconstruction_error)
-        causal = [mh.layers[l].causal for l in range(L)]
+            return None
+        return Pairs.of(*np.array([[q.prompt_index, q.layer, q.head, q.query, q.key] for q in sel]).T), sel
+
+    def collect(r: BatchSAD):
+        d, pairs, sel = r.decomposition, r.pairs, r.payload
         for p, q in enumerate(sel):
-            n = int(mask[q.prompt_index].sum())
+            n = int(r.mask[q.prompt_index].sum())
             default = np.arange(q.query + 1) if causal[q.layer] else np.arange(n)
             kp = d.keys[p]
             keys.append(None if np.array_equal(kp, default) else kp)
-        cols["prompt_index"].append(pairs.prompt + s)
+        cols["prompt_index"].append(pairs.prompt + r.start)
         for a, b in (("layer", "layer"), ("head", "head"), ("query_pos", "query_pos"), ("key_pos", "key_pos")):
             cols[a].append(getattr(pairs, b))
         cols["attention"].append(d.attention)
@@ -340,6 +340,11 @@ def analyze(
         cols["rolls_tovee_rotated"].append(d.rolls_tovee_rotated)
         cols["rolls_tovee_paper_control"].append(d.rolls_tovee_paper_control)
         cols["role"].append(np.array([q.role for q in sel], dtype=object))
+
+    options = DecomposeOptions(basis=basis, seed=seed, dtype=dtype, threads=threads)
+    totals = decompose_batches(model, mh, _progress(batches, len(batches), f"{loaded.name}: SAD", progress), select,
+                               collect, options, captures=caps)
+    max_err = totals.max_reconstruction_error
     if not cols["layer"]:
         raise ValueError("no pairs were selected (prompts too short for the chosen heads/selection?)")
     rec = {k: np.concatenate(v) for k, v in cols.items()}

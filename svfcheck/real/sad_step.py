@@ -1,0 +1,122 @@
+"""The SAD pipeline's per-batch step: capture → select pairs → decompose, written once.
+
+:func:`decompose_batches` is the loop that :func:`svfcheck.real.sad.analyze` (one model) and
+:func:`svfcheck.emergence.sad_sweep.sad_over_training` (every checkpoint of a series) share:
+for each padded batch it captures the model's activations (or takes a capture made earlier,
+e.g. by head discovery), asks the caller's ``select`` for the batch's pairs, decomposes them
+exactly with both rotation controls (:func:`svfcheck.real.decompose.decompose`) and hands a
+:class:`BatchSAD` to the caller's ``on_batch``, which keeps what it needs (its own per-pair
+columns, examples); the maximum reconstruction error and the time spent are returned.
+
+:func:`default_dtype` is the decomposition dtype when none is asked for (docs/math.md §3.15).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .capture import Capture, capture
+from .decompose import Decomposition, Pairs, decompose
+from .heads import ModelHeads
+from .threads import single_thread
+
+__all__ = ["default_dtype", "DecomposeOptions", "BatchSAD", "StepTotals", "decompose_batches"]
+
+Batch = tuple[int, torch.Tensor, torch.Tensor]  # (index of the batch's first prompt, input_ids, attention_mask)
+SelectFn = Callable[[int, torch.Tensor, torch.Tensor, Capture], "tuple[Pairs, Any] | None"]
+
+
+def default_dtype(heads: ModelHeads) -> torch.dtype:
+    """float64 when no layer has RoPE or QK-norm (the fast route is cheap), else float32."""
+    return torch.float64 if all(lh.rotary is None and not lh.qk_norm for lh in heads.layers) else torch.float32
+
+
+@dataclass(frozen=True)
+class DecomposeOptions:
+    """How each batch's pairs are decomposed (always with both rotation controls).
+
+    ``dtype`` None: :func:`default_dtype`. ``threads``: layers side by side
+    (:func:`~svfcheck.real.decompose.decompose`). ``single_thread``: run the decomposition on one
+    intra-op thread (:func:`~svfcheck.real.threads.single_thread`)."""
+
+    basis: str = "pair"
+    seed: int = 0
+    dtype: torch.dtype | None = None
+    threads: int | None = None
+    single_thread: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class BatchSAD:
+    """One batch's result: ``pairs`` (``pairs.prompt`` is the row in the batch; add ``start``
+    for the prompt's index), the ``payload`` ``select`` returned with them (e.g. roles),
+    and their :class:`~svfcheck.real.decompose.Decomposition`."""
+
+    start: int
+    ids: torch.Tensor
+    mask: torch.Tensor
+    pairs: Pairs
+    payload: Any
+    decomposition: Decomposition
+
+
+@dataclass
+class StepTotals:
+    """Over all batches: the largest reconstruction error, pairs decomposed, and seconds in the
+    forward passes (``forward_s``) and in selection, decomposition and ``on_batch``
+    (``decompose_s``)."""
+
+    max_reconstruction_error: float = 0.0
+    n_pairs: int = 0
+    forward_s: float = 0.0
+    decompose_s: float = 0.0
+
+
+def decompose_batches(
+    model: torch.nn.Module,
+    heads: ModelHeads,
+    batches: Iterable[Batch],
+    select: SelectFn,
+    on_batch: Callable[[BatchSAD], None],
+    options: DecomposeOptions,
+    *,
+    captures: dict[int, Capture] | None = None,
+) -> StepTotals:
+    """Capture, select and decompose every batch; ``on_batch`` gets each non-empty result.
+
+    Args:
+        model, heads: the model and its :func:`~svfcheck.real.heads.cached_heads`.
+        batches: ``(start, input_ids, attention_mask)`` as from
+            :func:`~svfcheck.real.capture.pad_batches`.
+        select: ``select(start, input_ids, attention_mask, capture)`` → ``(Pairs, payload)``
+            or None when the batch has no pairs (skipped).
+        on_batch: called with each batch's :class:`BatchSAD`, in batch order.
+        options: :class:`DecomposeOptions`.
+        captures: captures made earlier, by ``start``; each is used instead of a forward pass
+            and removed from the dict (so its memory goes with the batch).
+    """
+    dtype = default_dtype(heads) if options.dtype is None else options.dtype
+    totals = StepTotals()
+    for start, ids, mask in batches:
+        t0 = time.perf_counter()
+        cap = captures.pop(start) if captures and start in captures else capture(model, ids, mask, heads=heads)
+        totals.forward_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sel = select(start, ids, mask, cap)
+        if sel is None:
+            continue
+        pairs, payload = sel
+        with single_thread() if options.single_thread else contextlib.nullcontext():
+            d = decompose(heads, cap, pairs, basis=options.basis, controls=True, seed=options.seed, dtype=dtype,
+                          threads=options.threads)
+        totals.max_reconstruction_error = max(totals.max_reconstruction_error, d.max_reconstruction_error)
+        totals.n_pairs += len(pairs)
+        on_batch(BatchSAD(start, ids, mask, pairs, payload, d))
+        totals.decompose_s += time.perf_counter() - t0
+    return totals
