@@ -13,7 +13,10 @@
 - :mod:`.sweep` — resumable per-checkpoint analysis, results keyed by step.
 - :mod:`.sad_sweep` — SAD over training: fixed prompts, heads chosen by pattern at the final
   checkpoint, training-independent pairs, S (SVD / both controls), k, effects per role and
-  overall at every step, and the final-vs-initial contrast.
+  overall at every step, and the final-vs-initial contrast. Its parts: :mod:`.settings`
+  (:class:`EmergenceSettings`, :class:`HeadSet`, :func:`default_settings`), :mod:`.prompts`,
+  :mod:`.head_sets` (:func:`identify_heads`), :mod:`.pairs`, :mod:`.checkpoint` (one
+  checkpoint's analysis), :mod:`.summaries`, :mod:`.sweep_key`, :mod:`.contrast`.
 - :mod:`.figures` — Fig. 7b (S vs step), Fig. 9b (k vs step), Fig. 8 (first/last decompositions).
 - :mod:`.cli` — ``svfcheck emergence --run PRESET --out DIR`` / ``--checkpoints SPEC --out DIR``.
 
