@@ -8,6 +8,7 @@ independent samples (:func:`effect_difference`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +154,12 @@ def mean_difference(a, b, *, n_boot: int = 10_000, level: float = 0.95, seed: in
     boot = _boot_means(x, n_boot, rng) - _boot_means(y, n_boot, rng)
     lo, hi = _interval(boot, level)
     return Effect(float(x.mean() - y.mean()), lo, hi, level, x.size, n_boot, seed, n_other=y.size)
+
+
+def json_float(x) -> float | None:
+    """``x`` rounded to 7 significant digits for JSON (per-pair values), ``None`` if not finite."""
+    x = float(x)
+    return None if not math.isfinite(x) else float(f"{x:.7g}")
 
 
 def wilcoxon_svd_lower(s_svd, s_control) -> WilcoxonResult:

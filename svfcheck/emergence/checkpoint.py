@@ -11,10 +11,11 @@ import time
 import numpy as np
 import torch
 
+from ..stats import json_float
 from .pairs import _pairs_for_prompt
-from .prompts import _pad_id, _Prompt
+from .prompts import _Prompt
 from .settings import EmergenceSettings, HeadSet
-from .summaries import _checkpoint_summary, _f
+from .summaries import _checkpoint_summary
 
 __all__: list[str] = []
 
@@ -25,7 +26,7 @@ def _analyze_checkpoint(loaded, settings: EmergenceSettings, heads: HeadSet, pro
 
     ``examples``: (role, layer, head) whose last pair in prompt 0 is kept for Fig. 8;
     ``timing`` receives ``forward_s``, ``decompose_s`` and ``stats_s``."""
-    from ..real.capture import pad_batches
+    from ..real.capture import pad_batches, pad_id
     from ..real.decompose import Pairs
     from ..real.heads import cached_heads
     from ..real.sad_step import BatchSAD, DecomposeOptions, decompose_batches, default_dtype
@@ -67,7 +68,7 @@ def _analyze_checkpoint(loaded, settings: EmergenceSettings, heads: HeadSet, pro
         cols["k_rotated"].append(d.k_rotated)
         _collect_examples(ex_out, examples, rows, s, d)
 
-    batches = pad_batches([p.ids for p in prompts], settings.batch_size, _pad_id(loaded.tokenizer))
+    batches = pad_batches([p.ids for p in prompts], settings.batch_size, pad_id(loaded.tokenizer))
     options = DecomposeOptions(basis=settings.basis, seed=settings.seed, dtype=dtype, single_thread=True)
     totals = decompose_batches(model, mh, batches, select, collect, options)
     if not cols["layer"]:
@@ -88,10 +89,10 @@ def _collect_examples(ex_out: dict, examples, rows, s: int, d) -> None:
         key = f"{r[0]}:{r[1]}.{r[2]}"
         if (r[0], r[1], r[2]) in examples and r[3] + s == 0:
             ex_out[key] = {"role": r[0], "layer": r[1], "head": r[2], "prompt": int(r[3] + s),
-                           "query": r[4], "key": r[5], "attention": _f(d.attention[p]),
-                           "relative_attention": _f(d.relative_attention[p]),
-                           "contributions": [_f(x) for x in d.contributions[p]],
-                           "contributions_rotated": [_f(x) for x in d.contributions_rotated[p]],
+                           "query": r[4], "key": r[5], "attention": json_float(d.attention[p]),
+                           "relative_attention": json_float(d.relative_attention[p]),
+                           "contributions": [json_float(x) for x in d.contributions[p]],
+                           "contributions_rotated": [json_float(x) for x in d.contributions_rotated[p]],
                            "k": int(d.k[p]), "k_rotated": int(d.k_rotated[p]),
-                           "rolls_tovee": _f(d.rolls_tovee[p]),
-                           "rolls_tovee_rotated": _f(d.rolls_tovee_rotated[p])}
+                           "rolls_tovee": json_float(d.rolls_tovee[p]),
+                           "rolls_tovee_rotated": json_float(d.rolls_tovee_rotated[p])}

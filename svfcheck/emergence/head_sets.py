@@ -9,12 +9,11 @@ paper's table (:func:`svfcheck.tasks.circuits.paper_circuit`) or, without a tabl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from .prompts import _induction_task, _pad_id
+from ..tasks.selection import Positions
+from .prompts import _induction_task
 from .series import CheckpointSeries
 from .settings import INDUCTION, PREVIOUS_TOKEN, EmergenceSettings, HeadSet
 
@@ -41,11 +40,11 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
                     "previous_token": np.round(hs.previous_token, 5).tolist()},
             identified_at=step,
         )
-    from ..real.capture import capture, pad_batches
+    from ..real.capture import capture, pad_batches, pad_id
     from ..real.heads import cached_heads
 
     mh = cached_heads(model)
-    pad = _pad_id(loaded.tokenizer)
+    pad = pad_id(loaded.tokenizer)
     if settings.task == "ioi":
         from ..tasks.circuits import PAPER_CIRCUITS, paper_circuit
         from ..tasks.selection import discover_heads, discovered_circuit, validate_heads
@@ -74,7 +73,7 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
                     a, v = cap.prompt_views(b)
                     attns.append(a)
                     vis.append(v)
-                    pos.append(_Pos(prompts[s + b].meta["positions"]))
+                    pos.append(Positions(prompts[s + b].meta["positions"]))
             found = discover_heads(attns, pos, vis, top=k)
             table = discovered_circuit(found)
             scores = {r: [{"layer": h.layer, "head": h.head, "score": h.score, "uniform": h.uniform} for h in hs]
@@ -100,11 +99,6 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
     prev = (acc / max(cnt, 1)).numpy()
     return HeadSet({PREVIOUS_TOKEN: _top(prev, k)}, scores={"previous_token": np.round(prev, 5).tolist()},
                    identified_at=step)
-
-
-@dataclass(frozen=True)
-class _Pos:
-    positions: dict
 
 
 def _heads_from_arg(heads, settings: EmergenceSettings) -> HeadSet | None:

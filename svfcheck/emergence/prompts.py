@@ -60,9 +60,3 @@ def build_prompts(settings: EmergenceSettings, tokenizer, series: CheckpointSeri
     ps = text_prompts(tokenizer, text, settings.n_prompts * 4, settings.text_tokens)
     pick = sorted(rng.choice(len(ps), size=settings.n_prompts, replace=False).tolist())
     return [_Prompt(ps[i].token_ids, {}) for i in pick]
-
-
-
-def _pad_id(tok) -> int:
-    p = getattr(tok, "pad_token_id", None)
-    return 0 if p is None else int(p)

@@ -5,20 +5,15 @@ that ``sad_sweep.json`` keeps (and the final-vs-first contrast reads)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from .. import stats
+from ..stats import json_float
 from .settings import LEVEL, OTHER, OVERALL, EmergenceSettings, HeadSet
 
 __all__: list[str] = []
-
-
-def _f(x: float) -> float | None:
-    x = float(x)
-    return None if not math.isfinite(x) else float(f"{x:.7g}")
 
 
 def _eff(est: float, lo: float, hi: float, n: int, n_boot: int) -> dict:
@@ -75,6 +70,6 @@ def _checkpoint_summary(cols: dict[str, list], settings: EmergenceSettings, head
     pairs_json = {
         "role": [str(x) for x in role],
         **{k: [int(x) for x in rec[k]] for k in ("prompt", "layer", "head", "query", "key", "k", "k_rotated")},
-        **{k: [_f(x) for x in rec[k]] for k in ("attention", "s_svd", "s_rotated", "s_paper_control")},
+        **{k: [json_float(x) for x in rec[k]] for k in ("attention", "s_svd", "s_rotated", "s_paper_control")},
     }
     return {"summary": roles, "per_head": per_head, "n_dropped": int((~ok).sum()), "pairs": pairs_json}

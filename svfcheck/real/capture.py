@@ -18,7 +18,7 @@ import torch
 
 from .heads import ModelHeads, attention_modules, extract_heads
 
-__all__ = ["Capture", "capture", "visible_from_spec", "pad_batches"]
+__all__ = ["Capture", "capture", "visible_from_spec", "pad_batches", "pad_id"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +56,13 @@ class Capture:
         attn = torch.stack([a[b, :, :n, :n] for a in self.attn])
         vis = torch.stack([v[b, :n, :n] for v in self.visible])[:, None]
         return attn, vis
+
+
+def pad_id(tokenizer) -> int:
+    """The id :func:`pad_batches` pads with: the tokenizer's pad token, else 0 (padded positions
+    are masked out, so the choice never reaches a result)."""
+    p = getattr(tokenizer, "pad_token_id", None)
+    return 0 if p is None else int(p)
 
 
 def pad_batches(

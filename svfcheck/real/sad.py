@@ -17,16 +17,17 @@ Effects are ``mean(S_control − S_svd)`` with percentile-bootstrap 99% interval
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .. import stats
+from ..stats import json_float
 from ..tasks.circuits import CircuitHead, paper_circuit
 from ..tasks.prompts import Prompt, as_prompts
 from ..tasks.selection import (
+    Positions,
     circuit_pairs,
     discover_heads,
     discovered_circuit,
@@ -34,7 +35,7 @@ from ..tasks.selection import (
     top_key_pairs,
     validate_heads,
 )
-from .capture import capture, pad_batches
+from .capture import capture, pad_batches, pad_id
 from .decompose import Pairs
 from .heads import cached_heads
 from .models import LoadedModel
@@ -121,13 +122,13 @@ class SADResult:
         ints = ("prompt_index", "layer", "head", "query_pos", "key_pos")
         if compact:
             cols: dict[str, Any] = {f: [int(x) for x in r[f]] for f in ints}
-            cols.update({f: [_f(x) for x in r[f]] for f in ("attention", "relative_attention")})
-            cols["terms"] = [[_f(x) for x in row] for row in r["terms"]]
+            cols.update({f: [json_float(x) for x in r[f]] for f in ("attention", "relative_attention")})
+            cols["terms"] = [[json_float(x) for x in row] for row in r["terms"]]
             cols["k"] = [int(x) for x in r["k"]]
-            cols["rolls_tovee"] = [_f(x) for x in r["rolls_tovee"]]
+            cols["rolls_tovee"] = [json_float(x) for x in r["rolls_tovee"]]
             cols["k_rotated"] = [int(x) for x in r["k_rotated"]]
-            cols["rolls_tovee_rotated"] = [_f(x) for x in r["rolls_tovee_rotated"]]
-            cols["rolls_tovee_paper_control"] = [_f(x) for x in r["rolls_tovee_paper_control"]]
+            cols["rolls_tovee_rotated"] = [json_float(x) for x in r["rolls_tovee_rotated"]]
+            cols["rolls_tovee_paper_control"] = [json_float(x) for x in r["rolls_tovee_paper_control"]]
             cols["role"] = [str(x) if x else None for x in r["role"]]
             cols["keys"] = [None if k is None else [int(x) for x in k] for k in self.keys]
             pairs: Any = cols
@@ -136,14 +137,14 @@ class SADResult:
             for p in range(len(self)):
                 row = {f: int(r[f][p]) for f in ints}
                 row.update({
-                    "attention": _f(r["attention"][p]),
-                    "relative_attention": _f(r["relative_attention"][p]),
-                    "terms": [_f(x) for x in r["terms"][p]],
+                    "attention": json_float(r["attention"][p]),
+                    "relative_attention": json_float(r["relative_attention"][p]),
+                    "terms": [json_float(x) for x in r["terms"][p]],
                     "k": int(r["k"][p]),
-                    "rolls_tovee": _f(r["rolls_tovee"][p]),
+                    "rolls_tovee": json_float(r["rolls_tovee"][p]),
                     "k_rotated": int(r["k_rotated"][p]),
-                    "rolls_tovee_rotated": _f(r["rolls_tovee_rotated"][p]),
-                    "rolls_tovee_paper_control": _f(r["rolls_tovee_paper_control"][p]),
+                    "rolls_tovee_rotated": json_float(r["rolls_tovee_rotated"][p]),
+                    "rolls_tovee_paper_control": json_float(r["rolls_tovee_paper_control"][p]),
                 })
                 if r["role"][p]:
                     row["role"] = str(r["role"][p])
@@ -194,11 +195,6 @@ def pair_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 row[f] = pairs[f][p]
         rows.append(row)
     return rows
-
-
-def _f(x) -> float | None:
-    x = float(x)
-    return None if not math.isfinite(x) else float(f"{x:.7g}")
 
 
 def _effect(e: stats.Effect) -> dict[str, Any]:
@@ -281,9 +277,7 @@ def analyze(
         raise ValueError("selection='circuit' needs a head table: heads='paper', 'discover' or a list of CircuitHead")
     if dtype is None:
         dtype = default_dtype(mh)
-    pad = getattr(tok, "pad_token_id", None)
-    pad = 0 if pad is None else int(pad)
-    batches = list(pad_batches([p.token_ids for p in ps], batch_size, pad))
+    batches = list(pad_batches([p.token_ids for p in ps], batch_size, pad_id(tok)))
 
     caps: dict[int, Any] = {}  # discovery's captures, reused by the SAD pass (one forward per batch)
     if mode == "discover":
@@ -295,7 +289,7 @@ def analyze(
                 a, v = cap.prompt_views(b)
                 attns.append(a)
                 vis.append(v)
-        found = discover_heads(attns, [_Pos(p.positions) for p in ps], vis, top=discover_top)
+        found = discover_heads(attns, [Positions(p.positions) for p in ps], vis, top=discover_top)
         table = discovered_circuit(found)
     head_pairs = None if mode == "all" else ([(c.layer, c.head) for c in table] if table is not None else hl)
     if head_pairs is not None:
@@ -311,7 +305,7 @@ def analyze(
         for b in range(ids.shape[0]):
             attn, vis = cap.prompt_views(b)
             if selection == "circuit":
-                got = circuit_pairs(attn, _Pos(ps[s + b].positions), table, vis, prompt_index=b)
+                got = circuit_pairs(attn, Positions(ps[s + b].positions), table, vis, prompt_index=b)
             elif selection == "top":
                 got = top_key_pairs(attn, vis, skip_first=True, heads=head_pairs, prompt_index=b)
             else:
@@ -369,13 +363,6 @@ def analyze(
         singular_values_dim=mh.layers[0].head_dim, max_reconstruction_error=max_err, n_dropped=int((~ok).sum()),
         summary=summary, per_head=per_head, settings=settings,
     )
-
-
-@dataclass(frozen=True)
-class _Pos:
-    """Adapter: an object with ``.positions`` for the selection helpers."""
-
-    positions: dict[str, int]
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,14 @@ def _head_list(heads, n_layers, n_heads) -> list[tuple[int, int]]:
     return heads
 
 
+@dataclass(frozen=True)
+class Positions:
+    """Labelled positions (``{"S1": 3, ...}``) as the object :func:`circuit_pairs` and
+    :func:`discover_heads` take (anything with ``.positions``)."""
+
+    positions: dict[str, int]
+
+
 def top_keys(attn: torch.Tensor, visible: torch.Tensor, *, skip_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The one rule for "each query's top-attended key": the visible key (other than key 0 when
     ``skip_first``) with the largest attention, the earliest on ties; a query qualifies when it
