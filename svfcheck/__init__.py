@@ -13,11 +13,13 @@ Heads and their SVD
     head's Ω without forming it).
 Decomposition of given pairs
     :func:`capture` (one forward pass: head inputs, attention, masks) → :class:`Capture`;
-    :class:`Pairs`, :func:`top_attended_pairs`; :func:`decompose` → :class:`Decomposition`
+    :class:`Pairs`, :func:`top_attended_pairs`; :func:`decompose` (with
+    :class:`DecomposeOptions`) → :class:`Decomposition`
     (exact per-pair terms, relative attention, k and Rolls–Tovee S with both rotation controls).
 Analysis of prompts
     :func:`generate_ioi_prompts`, :func:`text_prompts`, :data:`DEFAULT_TEXT`; :func:`analyze`
-    → :class:`SADResult`; :func:`contrast` (trained vs random init) → :class:`Contrast`.
+    (with :class:`SADSettings`) → :class:`SADResult`; :func:`contrast` (trained vs random init)
+    → :class:`Contrast`; :func:`run_sad` (a model, its random init, the contrast) → :class:`SADRun`.
 Metrics
     :func:`rolls_tovee`, :func:`reconstruction_count`.
 Toy model and theory
@@ -52,12 +54,16 @@ _API: dict[str, tuple[str, str]] = {
     "Pairs": ("svfcheck.real.decompose", "Pairs"),
     "top_attended_pairs": ("svfcheck.real.decompose", "top_attended_pairs"),
     "decompose": ("svfcheck.real.decompose", "decompose"),
+    "DecomposeOptions": ("svfcheck.real.decompose", "DecomposeOptions"),
     "Decomposition": ("svfcheck.real.decompose", "Decomposition"),
     # analysis of prompts
     "generate_ioi_prompts": ("svfcheck.tasks.ioi", "generate_ioi_prompts"),
     "text_prompts": ("svfcheck.tasks.prompts", "text_prompts"),
     "DEFAULT_TEXT": ("svfcheck.tasks.prompts", "DEFAULT_TEXT"),
     "analyze": ("svfcheck.real.sad", "analyze"),
+    "SADSettings": ("svfcheck.real.settings", "SADSettings"),
+    "run_sad": ("svfcheck.real.pipeline", "run_sad"),
+    "SADRun": ("svfcheck.real.pipeline", "SADRun"),
     "SADResult": ("svfcheck.real.sad", "SADResult"),
     "contrast": ("svfcheck.real.sad", "contrast"),
     "Contrast": ("svfcheck.real.sad", "Contrast"),

@@ -29,7 +29,7 @@ def _analyze_checkpoint(loaded, settings: EmergenceSettings, heads: HeadSet, pro
     from ..real.capture import pad_batches, pad_id
     from ..real.decompose import Pairs
     from ..real.heads import cached_heads
-    from ..real.sad_step import BatchSAD, DecomposeOptions, decompose_batches, default_dtype
+    from ..real.sad_step import BatchSAD, StepOptions, decompose_batches, default_dtype
 
     model = loaded.model
     mh = cached_heads(model)
@@ -69,7 +69,7 @@ def _analyze_checkpoint(loaded, settings: EmergenceSettings, heads: HeadSet, pro
         _collect_examples(ex_out, examples, rows, s, d)
 
     batches = pad_batches([p.ids for p in prompts], settings.batch_size, pad_id(loaded.tokenizer))
-    options = DecomposeOptions(basis=settings.basis, seed=settings.seed, dtype=dtype, single_thread=True)
+    options = StepOptions(basis=settings.basis, seed=settings.seed, dtype=dtype, single_thread=True)
     totals = decompose_batches(model, mh, batches, select, collect, options)
     if not cols["layer"]:
         raise ValueError("no pairs were selected at this checkpoint (prompts too short for the heads?)")

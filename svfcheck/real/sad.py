@@ -39,7 +39,7 @@ from .capture import capture, pad_batches, pad_id
 from .decompose import Pairs
 from .heads import cached_heads
 from .models import LoadedModel
-from .sad_step import BatchSAD, DecomposeOptions, decompose_batches, default_dtype
+from .sad_step import BatchSAD, StepOptions, decompose_batches, default_dtype
 from .settings import SADSettings
 from .threads import single_thread
 
@@ -335,7 +335,7 @@ def analyze(
         cols["rolls_tovee_paper_control"].append(d.rolls_tovee_paper_control)
         cols["role"].append(np.array([q.role for q in sel], dtype=object))
 
-    options = DecomposeOptions(basis=basis, seed=seed, dtype=dtype, threads=threads)
+    options = StepOptions(basis=basis, seed=seed, dtype=dtype, threads=threads)
     totals = decompose_batches(model, mh, _progress(batches, len(batches), f"{loaded.name}: SAD", progress), select,
                                collect, options, captures=caps)
     max_err = totals.max_reconstruction_error

@@ -26,7 +26,7 @@ from .decompose import Decomposition, Pairs, decompose
 from .heads import ModelHeads
 from .threads import single_thread
 
-__all__ = ["default_dtype", "DecomposeOptions", "BatchSAD", "StepTotals", "decompose_batches"]
+__all__ = ["default_dtype", "StepOptions", "BatchSAD", "StepTotals", "decompose_batches"]
 
 Batch = tuple[int, torch.Tensor, torch.Tensor]  # (index of the batch's first prompt, input_ids, attention_mask)
 SelectFn = Callable[[int, torch.Tensor, torch.Tensor, Capture], "tuple[Pairs, Any] | None"]
@@ -38,7 +38,7 @@ def default_dtype(heads: ModelHeads) -> torch.dtype:
 
 
 @dataclass(frozen=True)
-class DecomposeOptions:
+class StepOptions:
     """How each batch's pairs are decomposed (always with both rotation controls).
 
     ``dtype`` None: :func:`default_dtype`. ``threads``: layers side by side
@@ -84,7 +84,7 @@ def decompose_batches(
     batches: Iterable[Batch],
     select: SelectFn,
     on_batch: Callable[[BatchSAD], None],
-    options: DecomposeOptions,
+    options: StepOptions,
     *,
     captures: dict[int, Capture] | None = None,
 ) -> StepTotals:
@@ -97,7 +97,7 @@ def decompose_batches(
         select: ``select(start, input_ids, attention_mask, capture)`` → ``(Pairs, payload)``
             or None when the batch has no pairs (skipped).
         on_batch: called with each batch's :class:`BatchSAD`, in batch order.
-        options: :class:`DecomposeOptions`.
+        options: :class:`StepOptions`.
         captures: captures made earlier, by ``start``; each is used instead of a forward pass
             and removed from the dict (so its memory goes with the batch).
     """

@@ -549,3 +549,31 @@ def test_summed_route_without_duplicated_angle_halves(arch, setup, monkeypatch):
     for f in ("terms", "contributions", "contributions_rotated", "contributions_paper_control"):
         np.testing.assert_allclose(getattr(got, f), getattr(want, f), rtol=0, atol=1e-12 * scale, err_msg=f)
     assert got.max_reconstruction_error < tol64(arch)
+
+
+def test_decompose_options_object_and_keywords_agree(setup):
+    """DecomposeOptions is the one home of decompose's choices: an options object, keywords, and
+    an object with a keyword override give the same numbers; bad options fail when made."""
+    from dataclasses import fields
+
+    from svfcheck.real.decompose import DecomposeOptions
+
+    model, heads, cap, pairs = setup("llama", torch.float64)
+    opts = DecomposeOptions(basis="zero", seed=3, threads=1)
+    a = decompose(heads, cap, pairs, opts)
+    b = decompose(heads, cap, pairs, basis="zero", seed=3, threads=1)
+    c = decompose(heads, cap, pairs, DecomposeOptions(basis="pair", seed=3, threads=1), basis="zero")
+    for f in fields(Decomposition):
+        va, vb, vc = getattr(a, f.name), getattr(b, f.name), getattr(c, f.name)
+        if isinstance(va, np.ndarray):
+            assert np.array_equal(va, vb, equal_nan=True) and np.array_equal(va, vc, equal_nan=True), f.name
+    # an override is applied: another seed gives other controls (and the same SVD terms)
+    d4 = decompose(heads, cap, pairs, opts, seed=4)
+    assert not np.array_equal(a.contributions_rotated, d4.contributions_rotated)
+    assert np.array_equal(a.contributions, d4.contributions)
+    with pytest.raises(ValueError, match="basis"):
+        DecomposeOptions(basis="delta")
+    with pytest.raises(ValueError, match="threads"):
+        DecomposeOptions(threads=0)
+    with pytest.raises(TypeError):
+        decompose(heads, cap, pairs, bogus=1)

@@ -47,6 +47,6 @@ from .core import decompose
 from .gate import gate_tolerance
 from .pairs import top_attended_pairs
 from .rope import check_rotary
-from .types import Decomposition, Pairs
+from .types import DecomposeOptions, Decomposition, Pairs
 
-__all__ = ["Pairs", "Decomposition", "decompose", "top_attended_pairs", "check_rotary", "gate_tolerance"]
+__all__ = ["Pairs", "Decomposition", "DecomposeOptions", "decompose", "top_attended_pairs", "check_rotary", "gate_tolerance"]

@@ -4,7 +4,8 @@ its input, plans every layer (``plan``), runs each layer's route side by side (`
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
+
 import torch
 
 from ..capture import Capture
@@ -19,7 +20,7 @@ from .per_key import _per_key_layer
 from .plan import LayerPlan, Options, plan_layers
 from .rope import check_rotary
 from .summed import _summed_layer
-from .types import Decomposition, Pairs
+from .types import DecomposeOptions, Decomposition, Pairs
 
 #: Each plan's route (:attr:`LayerPlan.route`) and the function that runs it.
 _ROUTES = {"fast": _fast_layer, "per_key": _per_key_layer, "summed": _summed_layer}
@@ -29,17 +30,10 @@ def decompose(
     heads: ModelHeads,
     cap: Capture,
     pairs: Pairs,
+    options: DecomposeOptions | None = None,
     *,
-    basis: str = "pair",
-    controls: bool = True,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
     cache: SVDCache | None = None,
-    method: str = "auto",
-    keep_key_terms: bool = False,
-    per_key: bool = False,
-    chunk: int | None = None,
-    threads: int | None = None,
+    **overrides,
 ) -> Decomposition:
     """Decompose the logits of ``pairs`` exactly into d_h SVD terms (see the package docstring).
 
@@ -61,32 +55,12 @@ def decompose(
             int arrays (P,), passed to ``Pairs.of``): every query a real token that sees at
             least 2 keys, every key visible to its query (``ValueError``; an index out of
             range: ``IndexError``).
-        basis: ``"pair"`` (SVD of Ω(Δ_j), exact eq. 1 at the analysed key) or ``"zero"``
-            (Ω(0), paper App. D; §3.10); identical for RoPE-free layers.
-        controls: also compute both rotation controls (§3.7).
-        seed: the controls' seed: one Haar matrix per (layer, head) and control, the same for
-            every prompt.
-        dtype: the decomposition's arithmetic (the core SVDs are float64 whatever it is).
+        options: how to decompose (:class:`~svfcheck.real.decompose.DecomposeOptions`: basis,
+            controls, seed, dtype, method, keep_key_terms, per_key, chunk, threads — each field
+            documented there); default options when ``None``. ``overrides`` replace single
+            fields, e.g. ``decompose(heads, cap, pairs, dtype=torch.float32)``.
         cache: the core SVDs per (layer, head, Δ); default the shared per-model
             :func:`~svfcheck.real.svd_cache.svd_cache`.
-        method: ``"auto"`` (fast route for RoPE-free, QK-norm-free layers) or ``"general"``.
-        keep_key_terms: also return every visible key's terms per pair (memory: P·m·d_h);
-            implies ``per_key``.
-        per_key: in RoPE / QK-norm layers, form every visible key's d_h terms (``m·d_h`` per
-            pair; the gate then compares the per-key reconstructed logits themselves) instead
-            of the default summed route, which needs the other keys only through their sum
-            (about 4× fewer operations on SmolLM2; same numbers to rounding, tested).
-        chunk: pairs per batch in the per-key route (default: about 4M elements per tensor).
-        threads: how many layers are decomposed side by side, each on one thread (default
-            ``None``: every core this process may use,
-            :func:`~svfcheck.real.threads.svd_workers`; ``1``: one after another in the
-            caller's thread). The work is a few GEMMs and compiled loops per layer (per
-            (prompt, head) in the per-key route), which run better as independent
-            single-threaded streams than as one stream on two intra-op threads — and, with no
-            per-op synchronisation, they stay fast on busy cores. The results do not depend on
-            ``threads`` (every layer is computed on one thread; tested). The core SVDs are
-            computed first, in the caller's thread, on all cores (see
-            :mod:`svfcheck.real.threads`); torch's thread setting is restored afterwards.
 
     Returns:
         The :class:`~svfcheck.real.decompose.Decomposition`, per pair in the order of
@@ -102,12 +76,10 @@ def decompose(
         ValueError: a bad option, or input as described under Args.
         IndexError: a prompt, layer, head, query or key index out of range.
     """
-    if basis not in ("pair", "zero"):
-        raise ValueError(f"basis must be 'pair' or 'zero'; got {basis!r}")
-    if method not in ("auto", "general"):
-        raise ValueError(f"method must be 'auto' or 'general'; got {method!r}")
-    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise ValueError(f"threads must be >= 1 or None; got {threads!r}")
+    o = options or DecomposeOptions()
+    if overrides:
+        o = replace(o, **overrides)
+    basis, controls, seed, dtype, chunk, threads = o.basis, o.controls, o.seed, o.dtype, o.chunk, o.threads
     if not isinstance(pairs, Pairs):
         pairs = Pairs.of(*pairs)
     _validate(heads, cap, pairs)
@@ -116,10 +88,10 @@ def decompose(
     R = heads.layers[0].head_dim
     P = len(pairs)
     Qs = _control_rotations(heads, seed, dtype) if controls else None
-    out = _Out(P, R, controls, keep_key_terms)
+    out = _Out(P, R, controls, o.keep_key_terms)
     if chunk is None:
         chunk = max(1, 4_000_000 // (cap.token_mask.shape[1] * R))
-    opts = Options(basis, method, per_key or keep_key_terms, dtype, seed, chunk, Qs)
+    opts = Options(basis, o.method, o.per_key or o.keep_key_terms, dtype, seed, chunk, Qs)
     with torch.no_grad():
         # 1. plan every layer in this thread, filling the cache (cold core SVDs run on every core
         # inside; the new core SVDs of all layers in one pooled run: a few per layer still use

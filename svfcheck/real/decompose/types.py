@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,3 +68,50 @@ class Decomposition:
     max_reconstruction_error: float
     key_terms: tuple[np.ndarray, ...] | None = None  # per pair (m, R) when requested
     term_abs_max: np.ndarray | None = None  # per pair: max over visible keys k of Σ_r |t_r(i, k)|
+
+
+@dataclass(frozen=True)
+class DecomposeOptions:
+    """How :func:`~svfcheck.real.decompose.decompose` works.
+
+    Args:
+        basis: ``"pair"`` (SVD of Ω(Δ_j), exact eq. 1 at the analysed key) or ``"zero"``
+            (Ω(0), paper App. D; docs/math.md §3.10); identical for RoPE-free layers.
+        controls: also compute both rotation controls (§3.7).
+        seed: the controls' seed: one Haar matrix per (layer, head) and control, the same for
+            every prompt.
+        dtype: the decomposition's arithmetic (the core SVDs are float64 whatever it is).
+        method: ``"auto"`` (fast route for RoPE-free, QK-norm-free layers) or ``"general"``.
+        keep_key_terms: also return every visible key's terms per pair (memory: P·m·d_h);
+            implies ``per_key``.
+        per_key: in RoPE / QK-norm layers, form every visible key's d_h terms (``m·d_h`` per
+            pair; the gate then compares the per-key reconstructed logits themselves) instead
+            of the default summed route, which needs the other keys only through their sum
+            (about 4× fewer operations on SmolLM2; same numbers to rounding, tested).
+        chunk: pairs per batch in the per-key route (default: about 4M elements per tensor).
+        threads: how many layers are decomposed side by side, each on one thread (``None``:
+            every core this process may use, :func:`~svfcheck.real.threads.svd_workers`; ``1``:
+            one after another in the caller's thread). Independent single-threaded streams run
+            better than one stream on two intra-op threads and stay fast on busy cores; the
+            results do not depend on ``threads`` (tested). The core SVDs are computed first, in
+            the caller's thread, on all cores; torch's thread setting is restored afterwards.
+    """
+
+    basis: str = "pair"
+    controls: bool = True
+    seed: int = 0
+    dtype: torch.dtype = torch.float64
+    method: str = "auto"
+    keep_key_terms: bool = False
+    per_key: bool = False
+    chunk: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.basis not in ("pair", "zero"):
+            raise ValueError(f"basis must be 'pair' or 'zero'; got {self.basis!r}")
+        if self.method not in ("auto", "general"):
+            raise ValueError(f"method must be 'auto' or 'general'; got {self.method!r}")
+        t = self.threads
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1):
+            raise ValueError(f"threads must be >= 1 or None; got {t!r}")
