@@ -56,6 +56,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from svfcheck.reports.html import png_inches  # the page's own reading of a figure's drawn size
+
 __all__ = ["find_chromium", "check_report", "layout_problems", "png_inches", "RenderCheck", "ChromiumMissing", "main"]
 
 FLAGS = (
@@ -76,7 +78,6 @@ MIN_FIGURE_PX = 480  # at WIDTH: the page's content is 1100 px, a column ~542 px
 MIN_SCALE = 0.95  # displayed width / drawn width (96 CSS px per inch)
 MAX_ROW_HOLE = 0.25  # largest empty fraction of a row of figures (content width × row height)
 CSS_PX_PER_INCH = 96.0
-DEFAULT_DPI = 100.0  # matplotlib's default, for a PNG without a pHYs chunk
 EDGE_PX = 2.0  # tolerance for "spans the content width"
 
 PROBE = """
@@ -172,26 +173,6 @@ def _png_size(path: Path) -> tuple[int, int]:
     if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
         raise ValueError(f"{path} is not a PNG")
     return struct.unpack(">II", head[16:24])
-
-
-def png_inches(data: bytes) -> tuple[float, float] | None:
-    """(width, height) in inches a PNG was drawn at: pixels over its ``pHYs`` dpi
-    (:data:`DEFAULT_DPI` without one); None if ``data`` is not a PNG."""
-    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    w, h = struct.unpack(">II", data[16:24])
-    dpi, pos = DEFAULT_DPI, 8
-    while pos + 8 <= len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"pHYs" and n == 9 and pos + 17 <= len(data):
-            ppx, _ppy, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
-            if unit == 1 and ppx > 0:
-                dpi = ppx * 0.0254
-            break
-        if kind in (b"IDAT", b"IEND"):
-            break
-        pos += 12 + n
-    return w / dpi, h / dpi
 
 
 _IMG = re.compile(r"<img\b[^>]*>", re.I)

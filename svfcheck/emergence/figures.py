@@ -13,39 +13,17 @@ All text is at least 9 pt (:data:`RC`, as in the report's figures).
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
+from ..figstyle import legible, pyplot
+
 __all__ = ["write_emergence_figures", "sparsity_vs_step", "k_vs_step", "decomposition_first_last"]
 
-#: Text sizes (pt): nothing under 9 pt at the drawn size.
-RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
-      "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11}
 
 _BASES = (("s_svd", "SVD basis", "C0"), ("s_rotated", "basis control (a)", "C1"),
           ("s_paper_control", "paper control (b)", "C2"))
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _legible(fn):
-    """Draw (and save) the figure under :data:`RC`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _plt().rc_context(RC):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _x(steps):
@@ -73,9 +51,9 @@ def _metric(ax, data):
     tw.legend(loc="upper right")
 
 
-@_legible
+@legible
 def sparsity_vs_step(data: dict, path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     steps = [int(s) for s in data["steps"]]
     roles = data["roles"]
     fig, axes = plt.subplots(1, len(roles), figsize=(5.5 * len(roles), 4.0), squeeze=False)
@@ -102,9 +80,9 @@ def sparsity_vs_step(data: dict, path) -> Path:
     return Path(path)
 
 
-@_legible
+@legible
 def k_vs_step(data: dict, path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     steps = [int(s) for s in data["steps"]]
     roles = data["roles"]
     fig, axes = plt.subplots(1, len(roles), figsize=(5.5 * len(roles), 4.0), squeeze=False)
@@ -125,9 +103,9 @@ def k_vs_step(data: dict, path) -> Path:
     return Path(path)
 
 
-@_legible
+@legible
 def decomposition_first_last(data: dict, path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     ex = data["examples"]
     keys = sorted(set(ex["first"]) & set(ex["last"]))
     if not keys:

@@ -13,41 +13,16 @@ single-panel figures are drawn :data:`NARROW` wide (one column of the page), mul
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
 from .. import stats
+from ..figstyle import NARROW, RC, WIDE, legible, pyplot
 
 __all__ = ["decomposition_bars", "k_histograms", "sparsity_vs_controls", "write_figures", "chosen_pairs",
            "NARROW", "WIDE", "RC"]
 
-#: Figure widths in inches: one column of the report page, and the full page.
-NARROW, WIDE = 5.5, 11.0
-#: Text sizes (pt): nothing under 9 pt at the drawn size.
-RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
-      "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 12}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _legible(fn):
-    """Draw (and save) the figure under :data:`RC`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _plt().rc_context(RC):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _grid(n: int, cols: int) -> tuple[int, int]:
@@ -74,10 +49,10 @@ def chosen_pairs(result, n: int = 4) -> list[int]:
     return out
 
 
-@_legible
+@legible
 def decomposition_bars(result, path, n: int = 4) -> Path:
     """One bar panel per chosen pair, two panels a row (:data:`WIDE`; one pair: :data:`NARROW`)."""
-    plt = _plt()
+    plt = pyplot()
     idx = chosen_pairs(result, n)
     r = result.records
     rows, cols = _grid(len(idx), 2)
@@ -103,10 +78,10 @@ def decomposition_bars(result, path, n: int = 4) -> Path:
     return path
 
 
-@_legible
+@legible
 def k_histograms(result, path, max_heads: int = 6) -> Path:
     """One histogram per head, three a row, :data:`WIDE` wide (one head: :data:`NARROW`)."""
-    plt = _plt()
+    plt = pyplot()
     r = result.records
     heads = [(h["layer"], h["head"]) for h in sorted(result.per_head, key=lambda h: -h.get("mean_attention", 0))][:max_heads]
     rows, cols = _grid(len(heads), 3)
@@ -133,9 +108,9 @@ def k_histograms(result, path, max_heads: int = 6) -> Path:
     return path
 
 
-@_legible
+@legible
 def sparsity_vs_controls(result, path, baseline=None) -> Path:
-    plt = _plt()
+    plt = pyplot()
     runs = [("trained", result)] + ([("random init", baseline)] if baseline is not None else [])
     fig, ax = plt.subplots(figsize=(NARROW, 4.0))
     width = 0.25

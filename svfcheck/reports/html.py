@@ -81,7 +81,7 @@ def png_inches(data: bytes) -> tuple[float, float] | None:
     pos = 8
     while pos + 8 <= len(data):  # walk the chunks up to the image data (pHYs must precede IDAT)
         n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"pHYs" and n == 9:
+        if kind == b"pHYs" and n == 9 and pos + 17 <= len(data):
             ppx, _ppy, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
             if unit == 1 and ppx > 0:  # pixels per metre
                 dpi = ppx * 0.0254

@@ -15,7 +15,6 @@ single-panel figures are drawn :data:`NARROW` wide (one column of the page), mul
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import matplotlib
@@ -24,27 +23,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..figstyle import NARROW, RC, WIDE, legible  # noqa: E402
+
 __all__ = ["cosine_heatmaps", "feature_gram", "spectrum", "alignment_over_training", "training_dynamics",
            "sweep_curve", "curves", "sad_bars", "NARROW", "WIDE", "RC"]
 
-#: Figure widths in inches: one column of the report page, and the full page.
-NARROW, WIDE = 5.5, 11.0
 #: Height of a single-panel figure (all equal, so two side by side in the report leave no gap).
 _H = 4.0
-#: Text sizes (pt): nothing under 9 pt at the drawn size.
-RC = {"font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
-      "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 12}
-
-
-def _legible(fn):
-    """Draw (and save) the figure under :data:`RC`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with plt.rc_context(RC):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _step(n: int, most: int) -> int:
@@ -61,7 +46,7 @@ def _save(fig, path) -> Path:
     return path
 
 
-@_legible
+@legible
 def cosine_heatmaps(summary: dict, path, title: str = "") -> Path:
     cu = np.asarray(summary["cos_query"])
     cv = np.asarray(summary["cos_key"])
@@ -81,7 +66,7 @@ def cosine_heatmaps(summary: dict, path, title: str = "") -> Path:
     return path
 
 
-@_legible
+@legible
 def feature_gram(W: np.ndarray, path, title: str = "") -> Path:
     Wn = W / np.maximum(np.linalg.norm(W, axis=0, keepdims=True), 1e-12)
     fig, ax = plt.subplots(figsize=(NARROW, _H))
@@ -91,7 +76,7 @@ def feature_gram(W: np.ndarray, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-@_legible
+@legible
 def spectrum(summary: dict, path, title: str = "") -> Path:
     S = np.asarray(summary["spectrum"])
     tl = np.asarray(summary["target_logits"])
@@ -105,7 +90,7 @@ def spectrum(summary: dict, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-@_legible
+@legible
 def alignment_over_training(traj: dict, pairs, path, title: str = "") -> Path:
     steps = np.asarray(traj["step"])
     q = np.asarray(traj["query_index"], dtype=float)
@@ -127,7 +112,7 @@ def alignment_over_training(traj: dict, pairs, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-@_legible
+@legible
 def sweep_curve(x, ys: dict, path, xlabel: str, ylabel: str = "mean |cos|", logx: bool = False, title: str = "",
                 bands: dict | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(NARROW, _H))
@@ -145,7 +130,7 @@ def sweep_curve(x, ys: dict, path, xlabel: str, ylabel: str = "mean |cos|", logx
     return _save(fig, path)
 
 
-@_legible
+@legible
 def sad_bars(sad: dict, path, title: str = "") -> Path:
     cls = sorted(sad["classes"])
     means = [sad["classes"][c]["mean"] for c in cls]
@@ -157,7 +142,7 @@ def sad_bars(sad: dict, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-@_legible
+@legible
 def training_dynamics(data: dict, path, title: str = "") -> Path:
     """Fig. 3 from :func:`svfcheck.toy.dynamics.training_dynamics` data: one column per chosen
     step with |cos| heatmaps of features × left singular vectors (top row, query side) and ×
@@ -224,7 +209,7 @@ def training_dynamics(data: dict, path, title: str = "") -> Path:
     return path
 
 
-@_legible
+@legible
 def curves(series: dict, path, xlabel: str, ylabel: str = "", title: str = "") -> Path:
     """One line per ``name: (x, y)`` — each series with its own x values."""
     fig, ax = plt.subplots(figsize=(NARROW, _H))
