@@ -13,7 +13,7 @@ from . import figures
 from .config import TrainConfig, preset
 from .dynamics import training_dynamics
 from .metrics import check_alignment, one_to_one_alignment
-from .sad import sad_over_training, toy_sad
+from .sad import toy_sad, toy_sad_over_training
 from .train import train_many
 
 __all__ = ["run_default", "run_preset", "run_sweeps", "arrival_step", "arrival_step_one_to_one", "arrival_trend",
@@ -77,7 +77,7 @@ def run_preset(
     sad_traj = None
     if sad is not None:
         figs["sad"] = figures.sad_bars(sad, out / f"{name}_sad.png", title=f"{name}: SAD (Rolls–Tovee S)")
-        sad_traj = sad_over_training(cfg, first.trajectory, n_samples=300, seed=0)
+        sad_traj = toy_sad_over_training(cfg, first.trajectory, n_samples=300, seed=0)
         figs["sad_over_training"] = figures.sweep_curve(
             sad_traj["step"], {f"{k} pair(s) present": v for k, v in sorted(sad_traj["classes"].items())},
             out / f"{name}_sad_over_training.png", xlabel="step", ylabel="mean Rolls–Tovee S",

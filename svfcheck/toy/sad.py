@@ -24,7 +24,7 @@ from svfcheck.metrics import relative_contributions, rolls_tovee
 from .config import ToyConfig
 from .metrics import omega_svd
 
-__all__ = ["probe_contexts", "decompose", "toy_sad", "sad_over_training"]
+__all__ = ["probe_contexts", "toy_contributions", "toy_sad", "toy_sad_over_training"]
 
 
 def probe_contexts(cfg: ToyConfig, n_samples: int, k: int, rng: np.random.Generator):
@@ -54,7 +54,7 @@ def probe_contexts(cfg: ToyConfig, n_samples: int, k: int, rng: np.random.Genera
     return fq, fk, chosen
 
 
-def decompose(W, U, S, V, fq, fk, rank: int) -> np.ndarray:
+def toy_contributions(W, U, S, V, fq, fk, rank: int) -> np.ndarray:
     """Relative-attention contributions ``c`` (samples, rank) of key 0 in the SVD basis."""
     xq = fq @ W.T  # (S, d)
     xk = fk @ W.T  # (S, m, d)
@@ -77,7 +77,7 @@ def toy_sad(cfg: ToyConfig, weights: dict, n_samples: int = 2000, seed: int = 0,
         if k > len(cfg.pairs_of_interest):
             continue
         fq, fk, chosen = probe_contexts(cfg, n_samples, k, rng)
-        c = decompose(W, U, S, V, fq, fk, rank)
+        c = toy_contributions(W, U, S, V, fq, fk, rank)
         ok = np.mean(c * c, axis=-1) > 0
         s = rolls_tovee(c[ok])
         out["classes"][str(k)] = {"mean": float(s.mean()), "std": float(s.std()), "median": float(np.median(s)),
@@ -98,7 +98,7 @@ def toy_sad(cfg: ToyConfig, weights: dict, n_samples: int = 2000, seed: int = 0,
     return out
 
 
-def sad_over_training(cfg: ToyConfig, trajectory: dict, n_samples: int = 500, seed: int = 0) -> dict:
+def toy_sad_over_training(cfg: ToyConfig, trajectory: dict, n_samples: int = 500, seed: int = 0) -> dict:
     """Mean S per class at every snapshot of a trajectory recorded with ``snapshots=True`` (Fig. 7a)."""
     if "W" not in trajectory:
         raise ValueError("the trajectory has no snapshots; train with TrainConfig(snapshots=True)")
