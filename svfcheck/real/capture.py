@@ -189,7 +189,9 @@ def capture(
 
     The model must use eager attention (``attn_implementation="eager"``) so that it returns
     attention probabilities; otherwise ``ValueError``. Position ids are the model default
-    (``0..n-1``), as used by ``transformers`` also with left padding.
+    (``0..n-1``). Pad on the right (:func:`pad_batches` does): with left padding, eager
+    attention gives the padded rows NaN probabilities, and a NaN in a real token's row is a
+    ``ValueError``.
     """
     impl = getattr(model.config, "_attn_implementation", None)
     if impl != "eager":
