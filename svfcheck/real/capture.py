@@ -189,9 +189,9 @@ def capture(
 
     The model must use eager attention (``attn_implementation="eager"``) so that it returns
     attention probabilities; otherwise ``ValueError``. Position ids are the model default
-    (``0..n-1``). Pad on the right (:func:`pad_batches` does): with left padding, eager
-    attention gives the padded rows NaN probabilities, and a NaN in a real token's row is a
-    ``ValueError``.
+    (``0..n-1``), so pad on the right (as :func:`pad_batches` does): real tokens then keep the
+    positions ``0..len-1`` they have in the unpadded prompt, while left padding would shift them
+    by the padding. A NaN/inf in a real token's attention row is a ``ValueError``.
     """
     impl = getattr(model.config, "_attn_implementation", None)
     if impl != "eager":
