@@ -364,3 +364,23 @@ def test_analyze_bad_input_is_a_clear_error(small_lm, kw, prompts, message):
         prompts = ["Anne gave a ring to Mary at the store"]
     with pytest.raises((ValueError, IndexError), match=re.escape(message)):
         analyze(small_lm, prompts, progress=False, **kw)
+
+
+def test_discovery_captures_are_reused_by_the_sad_pass(small_lm, monkeypatch):
+    """heads='discover' runs one forward pass per batch in all: the SAD pass reuses the
+    captures of head discovery (sad_step.discover_on_batches → decompose_batches)."""
+    import svfcheck.real.sad_step as step
+    from svfcheck.real.sad import analyze
+
+    calls = []
+    real = step.capture
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(step, "capture", counting)
+    prompts = ioi.generate_ioi_prompts(small_lm.tokenizer, 5, seed=0)
+    res = analyze(small_lm, prompts, heads="discover", batch_size=2, n_boot=200, n_boot_head=100, progress=False)
+    assert len(res) > 0 and res.heads_mode == "discover"
+    assert len(calls) == 3  # ceil(5 / 2) batches, each captured once

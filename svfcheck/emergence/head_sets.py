@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..tasks.selection import Positions
 from .prompts import _induction_task
 from .series import CheckpointSeries
 from .settings import INDUCTION, PREVIOUS_TOKEN, EmergenceSettings, HeadSet
@@ -41,13 +40,14 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
             identified_at=step,
         )
     from ..real.capture import capture, pad_batches, pad_id
+    from ..real.sad_step import discover_on_batches
     from ..real.heads import cached_heads
 
     mh = cached_heads(model)
     pad = pad_id(loaded.tokenizer)
     if settings.task == "ioi":
         from ..tasks.circuits import PAPER_CIRCUITS, paper_circuit
-        from ..tasks.selection import discover_heads, discovered_circuit, validate_heads
+        from ..tasks.selection import discovered_circuit, validate_heads
 
         name = settings.circuit or (series.name if series.name in PAPER_CIRCUITS else None)
         if settings.ioi_heads == "paper" and name is None:
@@ -66,15 +66,8 @@ def identify_heads(loaded, settings: EmergenceSettings, series: CheckpointSeries
             scores: dict = {"source": f"paper table {name}"}
             at = None
         else:
-            attns, vis, pos = [], [], []
-            for s, ids, mask in pad_batches([p.ids for p in prompts], settings.batch_size, pad):
-                cap = capture(model, ids, mask, heads=mh)
-                for b in range(ids.shape[0]):
-                    a, v = cap.prompt_views(b)
-                    attns.append(a)
-                    vis.append(v)
-                    pos.append(Positions(prompts[s + b].meta["positions"]))
-            found = discover_heads(attns, pos, vis, top=k)
+            batches = pad_batches([p.ids for p in prompts], settings.batch_size, pad)
+            found = discover_on_batches(model, mh, batches, [p.meta["positions"] for p in prompts], k)
             table = discovered_circuit(found)
             scores = {r: [{"layer": h.layer, "head": h.head, "score": h.score, "uniform": h.uniform} for h in hs]
                       for r, hs in found.items()}

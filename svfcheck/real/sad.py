@@ -29,17 +29,16 @@ from ..tasks.prompts import Prompt, as_prompts
 from ..tasks.selection import (
     Positions,
     circuit_pairs,
-    discover_heads,
     discovered_circuit,
     threshold_pairs,
     top_key_pairs,
     validate_heads,
 )
-from .capture import capture, pad_batches, pad_id
+from .capture import pad_batches, pad_id
 from .decompose import Pairs
 from .heads import cached_heads
 from .models import LoadedModel
-from .sad_step import BatchSAD, StepOptions, decompose_batches, default_dtype
+from .sad_step import BatchSAD, StepOptions, decompose_batches, default_dtype, discover_on_batches
 from .settings import SADSettings
 from .threads import single_thread
 
@@ -281,15 +280,8 @@ def analyze(
 
     caps: dict[int, Any] = {}  # discovery's captures, reused by the SAD pass (one forward per batch)
     if mode == "discover":
-        attns, vis = [], []
-        for s0, ids, mask in _progress(batches, len(batches), f"{loaded.name}: discover heads", progress):
-            cap = capture(model, ids, mask, heads=mh)
-            caps[s0] = cap
-            for b in range(ids.shape[0]):
-                a, v = cap.prompt_views(b)
-                attns.append(a)
-                vis.append(v)
-        found = discover_heads(attns, [Positions(p.positions) for p in ps], vis, top=discover_top)
+        found = discover_on_batches(model, mh, _progress(batches, len(batches), f"{loaded.name}: discover heads", progress),
+                                    [p.positions for p in ps], discover_top, captures=caps)
         table = discovered_circuit(found)
     head_pairs = None if mode == "all" else ([(c.layer, c.head) for c in table] if table is not None else hl)
     if head_pairs is not None:

@@ -25,8 +25,9 @@ from .capture import Capture, capture
 from .decompose import Decomposition, Pairs, decompose
 from .heads import ModelHeads
 from .threads import single_thread
+from ..tasks.selection import Positions, discover_heads
 
-__all__ = ["default_dtype", "StepOptions", "BatchSAD", "StepTotals", "decompose_batches"]
+__all__ = ["default_dtype", "StepOptions", "BatchSAD", "StepTotals", "decompose_batches", "discover_on_batches"]
 
 Batch = tuple[int, torch.Tensor, torch.Tensor]  # (index of the batch's first prompt, input_ids, attention_mask)
 SelectFn = Callable[[int, torch.Tensor, torch.Tensor, Capture], "tuple[Pairs, Any] | None"]
@@ -120,3 +121,30 @@ def decompose_batches(
         on_batch(BatchSAD(start, ids, mask, pairs, payload, d))
         totals.decompose_s += time.perf_counter() - t0
     return totals
+
+
+def discover_on_batches(model, heads: ModelHeads, batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
+                        positions: list[dict[str, int]], top: int, captures: dict[int, Capture] | None = None) -> dict:
+    """IOI heads found by attention pattern (:func:`svfcheck.tasks.selection.discover_heads`)
+    on the prompts of ``batches``, one forward pass per batch.
+
+    Args:
+        batches: ``(start, input_ids, attention_mask)`` as from
+            :func:`~svfcheck.real.capture.pad_batches`, in prompt order.
+        positions: each prompt's labelled IOI positions, in the same order.
+        top: heads kept per role.
+        captures: when given, each batch's capture is stored under its ``start`` so the SAD
+            pass (:func:`decompose_batches`) reuses it instead of a second forward pass.
+    Returns:
+        ``{role: (HeadScore, ...)}``.
+    """
+    attns, vis = [], []
+    for s, ids, mask in batches:
+        cap = capture(model, ids, mask, heads=heads)
+        if captures is not None:
+            captures[s] = cap
+        for b in range(ids.shape[0]):
+            a, v = cap.prompt_views(b)
+            attns.append(a)
+            vis.append(v)
+    return discover_heads(attns, [Positions(p) for p in positions], vis, top=top)
