@@ -2,8 +2,8 @@
 
 :class:`SADSettings` is what :func:`svfcheck.real.sad.analyze` and
 :func:`svfcheck.real.pipeline.run_sad` take; the CLI, the gate and the report build one instead
-of passing a dozen keywords. ``to_json``/``from_json`` round-trip it (the gate's ``[pairs]`` and
-``[analysis]`` tables hold the same fields).
+of passing a dozen keywords. ``to_json``/``from_json`` round-trip it, and ``to_toml`` writes the
+gate's ``[pairs]`` and ``[analysis]`` tables, which the gate reads back as the same settings.
 """
 
 from __future__ import annotations
@@ -97,6 +97,25 @@ class SADSettings:
                                                                      "query": h.query, "key": h.key, "name": h.name}
                           for h in self.heads]
         return d
+
+    def to_toml(self) -> str:
+        """The ``[pairs]`` and ``[analysis]`` tables of an analysis spec (``analyses/README.md``)
+        that :func:`svfcheck.gate.spec.load_spec` reads back as these settings
+        (``Spec.sad_settings()``). ``ValueError`` for what a spec cannot say: a head table of
+        :class:`~svfcheck.tasks.circuits.CircuitHead` rows, or ``n_boot_head`` other than the
+        gate's ``min(n_boot, 1000)``."""
+        if not isinstance(self.heads, str) and any(hasattr(h, "layer") for h in self.heads):
+            raise ValueError("a spec's heads are a mode or [layer, head] pairs; a CircuitHead table has no TOML form")
+        if self.n_boot_head != min(self.n_boot, 1000):
+            raise ValueError(f"a spec sets per-head bootstraps to min(n_boot, 1000) = {min(self.n_boot, 1000)}; "
+                             f"these settings have n_boot_head = {self.n_boot_head}")
+        heads = f'"{self.heads}"' if isinstance(self.heads, str) else "[" + ", ".join(f"[{l}, {h}]" for l, h in self.heads) + "]"
+        pairs = [f"heads = {heads}"]
+        pairs += [f'{k} = "{v}"' for k, v in (("selection", self.selection), ("circuit", self.circuit)) if v is not None]
+        pairs.append(f"discover_top = {self.discover_top}")
+        analysis = ([f'dtype = "{self.dtype}"'] if self.dtype is not None else []) + [
+            f'basis = "{self.basis}"', f"seed = {self.seed}", f"n_boot = {self.n_boot}", f"batch_size = {self.batch_size}"]
+        return "[pairs]\n" + "\n".join(pairs) + "\n\n[analysis]\n" + "\n".join(analysis) + "\n"
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SADSettings:

@@ -42,3 +42,38 @@ def test_normalisation_and_replace():
     assert t.seed == 5 and s.seed == 0 and t.heads == s.heads
     with pytest.raises(ValueError, match="unknown SAD settings"):
         SADSettings.from_json({"seeds": 1})
+
+
+SPEC_HEAD = """name = "t"
+[model]
+name = "smollm2-135m"
+[task]
+kind = "ioi"
+n_prompts = 5
+[[condition]]
+kind = "max_reconstruction_error"
+bound = 1e-4
+"""
+
+
+@pytest.mark.parametrize("settings", [
+    SADSettings(),
+    SADSettings(heads="all", selection="top", seed=7, dtype="float64", basis="zero", n_boot=500, n_boot_head=500,
+                batch_size=3),
+    SADSettings(heads=((0, 1), (2, 3)), selection="threshold"),
+    SADSettings(heads="discover", discover_top=2, n_boot=2000),
+    SADSettings(heads="paper", circuit="gpt2", selection="circuit"),
+])
+def test_toml_is_read_back_by_the_gate_as_the_same_settings(settings, tmp_path):
+    from svfcheck.gate.spec import load_spec
+
+    f = tmp_path / "s.toml"
+    f.write_text(SPEC_HEAD + "\n" + settings.to_toml())
+    assert load_spec(f).sad_settings() == settings
+
+
+def test_what_a_spec_cannot_say_is_refused():
+    with pytest.raises(ValueError, match="CircuitHead"):
+        SADSettings(heads=GPT2_IOI_PAPER_HEADS).to_toml()
+    with pytest.raises(ValueError, match="n_boot_head"):
+        SADSettings(n_boot=5000, n_boot_head=200).to_toml()
