@@ -65,6 +65,17 @@ def _png(path: Path, size: tuple[float, float] = (3, 2), dpi: float | None = Non
     return path
 
 
+def _report(out, sections):
+    """Write a report of ``sections`` (title, builder) into ``out`` instead of the paper's own."""
+    saved = paper.SECTIONS
+    paper.SECTIONS = sections
+    try:
+        paper.run_report(out, progress=False)
+    finally:
+        paper.SECTIONS = saved
+    return out
+
+
 @pytest.fixture(scope="module")
 def small_report(tmp_path_factory):
     """A two-section report (claims, a table, two figures) built by run_report."""
@@ -78,13 +89,7 @@ def small_report(tmp_path_factory):
     def b(o, seed, quick, progress):
         return Section("Beta", claims=(Claim("c3", "p", "m", True),)), {}
 
-    saved = paper.SECTIONS
-    paper.SECTIONS = [("Alpha", a), ("Beta", b)]
-    try:
-        paper.run_report(out, progress=False)
-    finally:
-        paper.SECTIONS = saved
-    return out
+    return _report(out, [("Alpha", a), ("Beta", b)])
 
 
 def test_small_report_renders_with_every_section_table_and_figure(small_report, chromium, tmp_path):
@@ -121,13 +126,7 @@ def layout_report(tmp_path_factory):
         return Section("Figures", claims=(Claim("c", "p", "m", True),),
                        figures=(("narrow one", narrow), ("wide strip", wide), ("narrow two", narrow))), {}
 
-    saved = paper.SECTIONS
-    paper.SECTIONS = [("Figures", sec)]
-    try:
-        paper.run_report(out, progress=False)
-    finally:
-        paper.SECTIONS = saved
-    return out
+    return _report(out, [("Figures", sec)])
 
 
 def test_wide_figures_span_the_page_and_narrow_ones_pack_beside_each_other(layout_report, chromium, tmp_path):
