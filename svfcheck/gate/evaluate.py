@@ -111,8 +111,8 @@ class SpecResult:
             "task": {"kind": s.task.kind, "n_prompts": s.task.n_prompts, "seed": s.task.seed,
                      "prompt_tokens": s.task.prompt_tokens if s.task.kind == "text" else None,
                      "text_file": None if s.task.text_file is None else str(s.task.text_file)},
-            "pairs": {"heads": s.pairs.heads if isinstance(s.pairs.heads, str) else [list(h) for h in s.pairs.heads],
-                      "selection": s.pairs.selection, "min_pairs": s.pairs.min_pairs},
+            "pairs": {"heads": s.settings.heads if isinstance(s.settings.heads, str) else [list(h) for h in s.settings.heads],
+                      "selection": s.settings.selection, "min_pairs": s.min_pairs},
             "baseline": None if s.baseline is None else {"random_init": True, "seed": s.baseline.seed},
             "analysis": self.model_summary, "baseline_analysis": self.baseline_summary,
             "conditions": [c.to_json() for c in self.conditions], "seconds": round(self.seconds, 2),
@@ -130,14 +130,18 @@ def _fmt(x) -> str:
 
 
 class Evaluator:
-    """Evaluates specs, sharing loaded models (LRU of ``max_models``) and analyses between
-    specs: two specs with the same model, prompts, heads and settings analyse it once."""
+    """Evaluates specs through the SAD pipeline (:func:`svfcheck.real.pipeline.run_sad`),
+    sharing loaded models (LRU of ``max_models``) and analyses between specs (one
+    :class:`~svfcheck.real.pipeline.AnalysisMemo`): two specs with the same model, prompts,
+    heads and settings analyse it once."""
 
     def __init__(self, progress: bool = True, max_models: int = 2):
+        from svfcheck.real.pipeline import AnalysisMemo
+
         self.progress = progress
         self.max_models = max_models
         self._models: OrderedDict[tuple, Any] = OrderedDict()
-        self._analyses: dict[tuple, Any] = {}
+        self._memo = AnalysisMemo()
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self, spec: Spec, random_init: bool, seed: int):
@@ -203,8 +207,8 @@ class Evaluator:
                             "a model whose attention the decomposition supports") from e
         L, H, dh = mh.n_layers, mh.layers[0].n_heads, mh.layers[0].head_dim
         lists = []
-        if not isinstance(spec.pairs.heads, str):
-            lists.append(("pairs.heads", spec.pairs.heads))
+        if not isinstance(spec.settings.heads, str):
+            lists.append(("pairs.heads", spec.settings.heads))
         for c in spec.conditions:
             if c.kind == "median_k_at_most":
                 if c.bound > dh:
@@ -219,40 +223,27 @@ class Evaluator:
                                     f"layer in 0..{L - 1}, head in 0..{H - 1}")
 
     # -- analysis ------------------------------------------------------------------------------
-    def _analyze(self, spec: Spec, random_init: bool, seed: int, prompts, settings, role: str):
-        """Analysis of the model (``random_init``, ``seed``) on ``prompts`` with ``settings``
-        (:class:`~svfcheck.real.settings.SADSettings`); cached, and the model is only loaded on
-        a cache miss."""
-        from svfcheck.real.sad import analyze
-
-        key = (spec.model.name, spec.model.revision, random_init, seed if random_init else None, spec.model.dtype,
-               tuple(tuple(p.token_ids) for p in prompts), settings)
-        if key in self._analyses:
-            return self._analyses[key]
-        lm = self._load(spec, random_init, seed)
-        try:
-            res = analyze(lm, prompts, settings, progress=self.progress)
-        except ValueError as e:  # not IndexError: every head list is checked before (_check_against_model)
-            raise SpecError(spec.path, "pairs", f"the {role} analysis rejected the pair settings: {e}",
-                            "heads/selection that fit the model and the prompts") from e
-        self._analyses[key] = res
-        return res
-
     def evaluate(self, spec: Spec) -> SpecResult:
-        """Load, analyse (model and baseline once each) and judge every condition of ``spec``."""
-        from svfcheck.real.pipeline import baseline_settings
+        """Load, analyse (model and baseline once each, through the pipeline) and judge every
+        condition of ``spec``."""
+        from svfcheck.real.pipeline import run_sad
 
         t0 = time.perf_counter()
         lm = self._load(spec, spec.model.random_init, spec.model.seed)
         self._check_against_model(spec, lm)
         prompts = self._prompts(spec, lm.tokenizer)
-        settings = spec.sad_settings()
-        res = self._analyze(spec, spec.model.random_init, spec.model.seed, prompts, settings, "model")
-        base = None
-        if spec.baseline is not None:  # the baseline gets the model's discovered heads (pipeline.baseline_settings)
-            base = self._analyze(spec, True, spec.baseline.seed, prompts, baseline_settings(res, settings), "baseline")
-        results = tuple(_judge(spec, c, res, base) for c in spec.conditions)
-        return SpecResult(spec, results, _summary(res), None if base is None else _summary(base), time.perf_counter() - t0)
+        random = None if spec.baseline is None else self._load(spec, True, spec.baseline.seed)
+        try:
+            run = run_sad(lm, prompts, spec.settings, random=random, progress=self.progress, memo=self._memo)
+        except SpecError:
+            raise
+        except ValueError as e:  # not IndexError: every head list is checked before (_check_against_model)
+            raise SpecError(spec.path, "pairs", f"the analysis rejected the pair settings: {e}",
+                            "heads/selection that fit the model and the prompts") from e
+        results = tuple(_judge(spec, c, run) for c in spec.conditions)
+        base = run.random
+        return SpecResult(spec, results, _summary(run.trained), None if base is None else _summary(base),
+                          time.perf_counter() - t0)
 
 
 def _summary(res) -> dict[str, Any]:
@@ -283,9 +274,9 @@ def _median_k(res, heads) -> tuple[float | None, int]:
     return (float(np.median(r["k"][m])) if n else None), n
 
 
-def _judge(spec: Spec, c: Condition, res, base) -> ConditionResult:
-    from svfcheck import stats
-
+def _judge(spec: Spec, c: Condition, run) -> ConditionResult:
+    """One condition's verdict from the spec's :class:`~svfcheck.real.pipeline.SADRun`."""
+    res, base = run.trained, run.random
     common = dict(spec=spec.name, file=str(spec.path), condition=c.name, kind=c.kind)
     if c.kind == "max_reconstruction_error":
         err = float(res.max_reconstruction_error)
@@ -294,14 +285,11 @@ def _judge(spec: Spec, c: Condition, res, base) -> ConditionResult:
                                detail=f"max |log_softmax(sum of terms) - log attention| over {len(res)} pairs{extra}",
                                baseline_measured=None if base is None else float(base.max_reconstruction_error))
     n_model, n_base = int(res.summary["n_pairs"]), int(base.summary["n_pairs"])
-    few = n_model < spec.pairs.min_pairs or n_base < spec.pairs.min_pairs
-    few_note = f"; too few pairs: {n_model} (model) / {n_base} (baseline) < pairs.min_pairs = {spec.pairs.min_pairs}" if few else ""
-    a = spec.analysis
+    few = n_model < spec.min_pairs or n_base < spec.min_pairs
+    few_note = f"; too few pairs: {n_model} (model) / {n_base} (baseline) < pairs.min_pairs = {spec.min_pairs}" if few else ""
     if c.kind == "sad_effect_vs_random_init":
-        ctl = c.control
-        d = stats.effect_difference(res.s(ctl), res.s("svd"), base.s(ctl), base.s("svd"), n_boot=a.n_boot, level=c.level, seed=a.seed)
-        et = stats.paired_effect(res.s(ctl), res.s("svd"), n_boot=a.n_boot, level=c.level, seed=a.seed)
-        er = stats.paired_effect(base.s(ctl), base.s("svd"), n_boot=a.n_boot, level=c.level, seed=a.seed)
+        ctl, ct = c.control, run.contrast_at(c.level)
+        d, et, er = ct.effect_difference[ctl], ct.effect_trained[ctl], ct.effect_random[ctl]
         ok = d.low > c.margin and not few
         pct = f"{100 * c.level:g}%"
         detail = (f"effect difference (model - random init) {d.estimate:.4f} [{d.low:.4f}, {d.high:.4f}] ({pct}); "
@@ -312,7 +300,7 @@ def _judge(spec: Spec, c: Condition, res, base) -> ConditionResult:
                                         "effect_model": et.estimate, "effect_random_init": er.estimate,
                                         "n_model": n_model, "n_baseline": n_base})
     if c.kind == "s_svd_below_random_init":
-        d = stats.mean_difference(res.s("svd"), base.s("svd"), n_boot=a.n_boot, level=c.level, seed=a.seed)
+        d = run.contrast_at(c.level).s_svd_difference
         ok = d.high < -c.margin and not few
         detail = (f"mean S_svd model - random init {d.estimate:.4f} [{d.low:.4f}, {d.high:.4f}] ({100 * c.level:g}%); "
                   f"model {res.s('svd').mean():.4f}, random init {base.s('svd').mean():.4f}; n = {n_model}/{n_base}{few_note}")
@@ -327,7 +315,7 @@ def _judge(spec: Spec, c: Condition, res, base) -> ConditionResult:
             where = "the named heads" if c.heads else "the analysed pairs"
             raise SpecError(spec.path, f"{c.key}.heads", f"no analysed pair of {where} has a defined k",
                             "heads that are among the analysed heads (pairs.heads)")
-        few = few or nm < spec.pairs.min_pairs or nb < spec.pairs.min_pairs
+        few = few or nm < spec.min_pairs or nb < spec.min_pairs
         meets_model = km <= c.bound
         meets_base = kb is not None and kb <= c.bound
         disc = not meets_base
@@ -336,7 +324,7 @@ def _judge(spec: Spec, c: Condition, res, base) -> ConditionResult:
         if meets_base:
             notes.append(f"NON-DISCRIMINATING: random init median k = {kb:g} also <= {c.bound:g}")
         if few:
-            notes.append(f"too few pairs: {nm} (model) / {nb} (baseline) < pairs.min_pairs = {spec.pairs.min_pairs}")
+            notes.append(f"too few pairs: {nm} (model) / {nb} (baseline) < pairs.min_pairs = {spec.min_pairs}")
         heads = "named heads " + ", ".join(f"L{l}H{h}" for l, h in c.heads) if c.heads else "all analysed pairs"
         detail = f"median k over {heads}: model {km:g} ({nm} pairs), random init {_fmt(kb)} ({nb} pairs)" + (
             "; " + "; ".join(notes) if notes else "")

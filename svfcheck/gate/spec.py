@@ -4,8 +4,11 @@ A spec names a model, a prompt task, a pair selection, an optional random-init b
 the pass conditions of one model analysis. :func:`load_spec` parses a file with ``tomllib``
 and validates every key; anything wrong raises :class:`SpecError` (a ``ValueError``) whose
 message names the file, the dotted key (``condition[2].margin``) and the expected form.
-This module imports only the standard library, so the pytest plugin can use it at
-collection time without loading torch. The file format is documented in
+The ``[pairs]`` and ``[analysis]`` tables are read straight into the pipeline's
+:class:`~svfcheck.real.settings.SADSettings` (``Spec.settings``), the one settings object
+the CLI, the report and the gate share. This module imports only the standard library (and
+that settings module, which does too), so the pytest plugin can use it at collection time
+without loading torch. The file format is documented in
 ``analyses/README.md``; the condition semantics in :mod:`svfcheck.gate.evaluate`.
 """
 
@@ -18,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..real.settings import SADSettings
+
 __all__ = [
     "SpecError",
     "ModelSpec",
     "TaskSpec",
-    "PairsSpec",
-    "AnalysisSpec",
     "BaselineSpec",
     "Condition",
     "Spec",
@@ -92,33 +95,6 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class PairsSpec:
-    """``[pairs]``: head set (``all``/``paper``/``discover`` or explicit ``[[layer, head], ...]``),
-    pair selection (``top``/``threshold``/``circuit``; default as in :func:`svfcheck.real.sad.analyze`),
-    the paper head table name for ``paper``, and the minimum number of analysed pairs a SAD
-    condition needs (>= 500 for real-model claims, docs/math.md §3.8)."""
-
-    heads: str | tuple[tuple[int, int], ...] = "all"
-    selection: str | None = None
-    circuit: str | None = None
-    discover_top: int = 3
-    min_pairs: int = 500
-
-
-@dataclass(frozen=True)
-class AnalysisSpec:
-    """``[analysis]``: decomposition dtype (default: float64 without RoPE/QK-norm, else float32),
-    basis (``pair`` exact / ``zero`` paper App. D), seed of rotation controls and bootstraps,
-    bootstrap resamples."""
-
-    dtype: str | None = None
-    basis: str = "pair"
-    seed: int = 0
-    n_boot: int = 10_000
-    batch_size: int = 8
-
-
-@dataclass(frozen=True)
 class BaselineSpec:
     """``[baseline]``: the seeded random initialisation of the same architecture, analysed on
     the same prompts with the same heads and selection."""
@@ -158,20 +134,10 @@ class Spec:
     description: str
     model: ModelSpec
     task: TaskSpec
-    pairs: PairsSpec
-    analysis: AnalysisSpec
+    settings: SADSettings  # [pairs] and [analysis]: heads, selection, dtype, basis, seed, bootstraps
+    min_pairs: int  # [pairs] min_pairs: a SAD condition fails on fewer valid pairs (docs/math.md §3.8)
     baseline: BaselineSpec | None
     conditions: tuple[Condition, ...] = field(default=())
-
-    def sad_settings(self):
-        """The spec's ``[pairs]`` and ``[analysis]`` as the pipeline's
-        :class:`~svfcheck.real.settings.SADSettings` (per-head bootstraps: at most 1,000)."""
-        from svfcheck.real.settings import SADSettings
-
-        p, a = self.pairs, self.analysis
-        return SADSettings(heads=p.heads, selection=p.selection, circuit=p.circuit, discover_top=p.discover_top,
-                           seed=a.seed, dtype=a.dtype, basis=a.basis, batch_size=a.batch_size, n_boot=a.n_boot,
-                           n_boot_head=min(a.n_boot, 1000))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,8 +294,10 @@ def _task(file: Path, t: Any) -> TaskSpec:
     return TaskSpec(kind, n, seed, tokens, text_file)
 
 
-def _pairs(file: Path, t: Any, task: TaskSpec) -> PairsSpec:
-    r = _Reader(file, "pairs", t, ("heads", "selection", "circuit", "discover_top", "min_pairs"))
+def _settings(file: Path, pairs: Any, analysis: Any, task: TaskSpec) -> tuple[SADSettings, int]:
+    """``[pairs]`` and ``[analysis]`` → the analysis settings (per-head bootstraps:
+    ``min(n_boot, 1000)``) and ``pairs.min_pairs``."""
+    r = _Reader(file, "pairs", pairs, ("heads", "selection", "circuit", "discover_top", "min_pairs"))
     heads: Any = "all"
     form = '"all", "paper", "discover" or a list of [layer, head] pairs'
     if r.has("heads"):
@@ -353,24 +321,19 @@ def _pairs(file: Path, t: Any, task: TaskSpec) -> PairsSpec:
     if needs_ioi and task.kind != "ioi":
         raise r.err("heads", f'{heads!r} with selection {selection or "circuit"!r} needs IOI prompts (labelled positions)',
                     'task.kind = "ioi", or heads = "all"/a list with selection = "top"')
-    return PairsSpec(
-        heads=heads,
-        selection=selection,
-        circuit=circuit,
-        discover_top=r.int_("discover_top", 3, lo=1, hi=1000),
-        min_pairs=r.int_("min_pairs", 500, lo=MIN_PAIRS_FLOOR),
+    discover_top = r.int_("discover_top", 3, lo=1, hi=1000)
+    min_pairs = r.int_("min_pairs", 500, lo=MIN_PAIRS_FLOOR)
+    a = _Reader(file, "analysis", analysis, ("dtype", "basis", "seed", "n_boot", "batch_size"))
+    n_boot = a.int_("n_boot", 10_000, lo=100, hi=1_000_000)
+    settings = SADSettings(
+        heads=heads, selection=selection, circuit=circuit, discover_top=discover_top,
+        dtype=a.str_("dtype", None, choices=("float32", "float64")),
+        basis=a.str_("basis", "pair", choices=("pair", "zero")),
+        seed=a.int_("seed", 0, lo=0, hi=2**32 - 1),
+        n_boot=n_boot, n_boot_head=min(n_boot, 1000),
+        batch_size=a.int_("batch_size", 8, lo=1, hi=4096),
     )
-
-
-def _analysis(file: Path, t: Any) -> AnalysisSpec:
-    r = _Reader(file, "analysis", t, ("dtype", "basis", "seed", "n_boot", "batch_size"))
-    return AnalysisSpec(
-        dtype=r.str_("dtype", None, choices=("float32", "float64")),
-        basis=r.str_("basis", "pair", choices=("pair", "zero")),
-        seed=r.int_("seed", 0, lo=0),
-        n_boot=r.int_("n_boot", 10_000, lo=100, hi=1_000_000),
-        batch_size=r.int_("batch_size", 8, lo=1, hi=4096),
-    )
+    return settings, min_pairs
 
 
 def _baseline(file: Path, t: Any) -> BaselineSpec:
@@ -442,8 +405,7 @@ def load_spec(path: str | Path) -> Spec:
     description = top.str_("description", "")
     model = _model(file, _required_table(file, doc, "model", '[model] with name = "<offline name, hub id or folder>"'))
     task = _task(file, _required_table(file, doc, "task", '[task] with kind = "ioi" or "text" and n_prompts'))
-    pairs = _pairs(file, doc.get("pairs", {}), task)
-    analysis = _analysis(file, doc.get("analysis", {}))
+    settings, min_pairs = _settings(file, doc.get("pairs", {}), doc.get("analysis", {}), task)
     baseline = _baseline(file, doc["baseline"]) if "baseline" in doc else None
     raw = doc.get("condition")
     if raw is None:
@@ -464,7 +426,7 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(file, "baseline", f"missing, but {sad[0].key} ({sad[0].kind}) is a SAD condition",
                         "a [baseline] table with random_init = true: a SAD condition is only evidence "
                         "when measured against the seeded random initialisation")
-    return Spec(file, name, description, model, task, pairs, analysis, baseline, conds)
+    return Spec(file, name, description, model, task, settings, min_pairs, baseline, conds)
 
 
 def spec_files(paths: Iterable[str | Path]) -> list[Path]:

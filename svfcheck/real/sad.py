@@ -360,7 +360,8 @@ def analyze(
 @dataclass(frozen=True)
 class Contrast:
     """Trained vs random-init: per control the difference of SAD effects (trained − random),
-    the effects themselves, and ``S_svd`` trained − random (all with 99% bootstrap intervals)."""
+    the effects themselves, and ``S_svd`` trained − random (all with percentile-bootstrap intervals
+    at the ``level`` given to :func:`contrast`, 99% by default)."""
 
     effect_difference: dict[str, stats.Effect]
     effect_trained: dict[str, stats.Effect]
@@ -412,16 +413,17 @@ class Contrast:
 
 
 def contrast(
-    trained: SADResult, random: SADResult, *, n_boot: int = 10_000, seed: int = 0, per_role: bool = True,
-    min_role_pairs: int = 10,
+    trained: SADResult, random: SADResult, *, n_boot: int = 10_000, seed: int = 0, level: float = LEVEL,
+    per_role: bool = True, min_role_pairs: int = 10,
 ) -> Contrast:
-    """Compare a trained model with its random initialisation on their valid pairs.
+    """Compare a trained model with its random initialisation on their valid pairs, with
+    percentile-bootstrap intervals at ``level`` (default 99%).
 
     ``per_role``: also contrast each head role (name mover, S-inhibition, induction, ...)
     present in both results (circuit selection labels pairs with their head's role); roles
     with fewer than ``min_role_pairs`` valid pairs in either model are listed with the reason.
     """
-    out = _contrast(trained, random, None, n_boot, seed)
+    out = _contrast(trained, random, None, n_boot, seed, level)
     if per_role and hasattr(trained, "roles") and hasattr(random, "roles"):  # duck-typed samples have none
         roles = sorted(set(trained.roles()) | set(random.roles()))
         per: dict[str, Contrast | str] = {}
@@ -430,21 +432,21 @@ def contrast(
             if min(nt, nr) < min_role_pairs:
                 per[r] = f"not contrasted: {nt} trained / {nr} random valid pairs (< {min_role_pairs})"
             else:
-                per[r] = _contrast(trained, random, r, n_boot, seed)
+                per[r] = _contrast(trained, random, r, n_boot, seed, level)
         out = dataclasses.replace(out, per_role=per)
     return out
 
 
-def _contrast(trained: SADResult, random: SADResult, role: str | None, n_boot: int, seed: int) -> Contrast:
+def _contrast(trained: SADResult, random: SADResult, role: str | None, n_boot: int, seed: int, level: float) -> Contrast:
     ed, et, er, pt, pr = {}, {}, {}, {}, {}
     kw = {} if role is None else {"role": role}
     st, sr = trained.s("svd", **kw), random.s("svd", **kw)
     for c in CONTROLS:
         ct, cr = trained.s(c, **kw), random.s(c, **kw)
-        ed[c] = stats.effect_difference(ct, st, cr, sr, n_boot=n_boot, level=LEVEL, seed=seed)
-        et[c] = stats.paired_effect(ct, st, n_boot=n_boot, level=LEVEL, seed=seed)
-        er[c] = stats.paired_effect(cr, sr, n_boot=n_boot, level=LEVEL, seed=seed)
+        ed[c] = stats.effect_difference(ct, st, cr, sr, n_boot=n_boot, level=level, seed=seed)
+        et[c] = stats.paired_effect(ct, st, n_boot=n_boot, level=level, seed=seed)
+        er[c] = stats.paired_effect(cr, sr, n_boot=n_boot, level=level, seed=seed)
         pt[c] = stats.wilcoxon_svd_lower(st, ct).p_value
         pr[c] = stats.wilcoxon_svd_lower(sr, cr).p_value
-    sd = stats.mean_difference(st, sr, n_boot=n_boot, level=LEVEL, seed=seed)
+    sd = stats.mean_difference(st, sr, n_boot=n_boot, level=level, seed=seed)
     return Contrast(ed, et, er, sd, pt, pr, n_trained=len(st), n_random=len(sr))

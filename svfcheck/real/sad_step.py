@@ -52,6 +52,12 @@ class StepOptions:
     threads: int | None = None
     single_thread: bool = False
 
+    @classmethod
+    def of(cls, settings, *, threads: int | None = None, single_thread: bool = False) -> StepOptions:
+        """The step options of :class:`~svfcheck.real.settings.SADSettings` ``settings``."""
+        return cls(basis=settings.basis, seed=settings.seed, dtype=settings.torch_dtype, threads=threads,
+                   single_thread=single_thread)
+
 
 @dataclass(frozen=True, eq=False)
 class BatchSAD:

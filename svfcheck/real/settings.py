@@ -4,14 +4,14 @@
 :func:`svfcheck.real.pipeline.run_sad` take; the CLI, the gate and the report build one instead
 of passing a dozen keywords. ``to_json``/``from_json`` round-trip it, and ``to_toml`` writes the
 gate's ``[pairs]`` and ``[analysis]`` tables, which the gate reads back as the same settings.
+The gate's spec parser builds these settings at pytest collection time, so this module
+imports only the standard library (torch on demand, for :attr:`SADSettings.torch_dtype`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
-
-import torch
 
 __all__ = ["SADSettings", "HEAD_MODES", "SELECTIONS", "BASES", "DTYPES"]
 
@@ -71,7 +71,7 @@ class SADSettings:
             object.__setattr__(self, "heads", hs)
         if self.selection is not None and self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS} or None; got {self.selection!r}")
-        if isinstance(self.dtype, torch.dtype):
+        if type(self.dtype).__module__ == "torch" and str(self.dtype).startswith("torch."):  # a torch.dtype
             object.__setattr__(self, "dtype", str(self.dtype).replace("torch.", ""))
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES} or None; got {self.dtype!r}")
@@ -84,8 +84,13 @@ class SADSettings:
         _int("n_boot_head", self.n_boot_head, 100)
 
     @property
-    def torch_dtype(self) -> torch.dtype | None:
-        return None if self.dtype is None else getattr(torch, self.dtype)
+    def torch_dtype(self):
+        """``torch.float32``/``torch.float64``, or None (the pipeline's default)."""
+        if self.dtype is None:
+            return None
+        import torch
+
+        return getattr(torch, self.dtype)
 
     def replace(self, **changes: Any) -> SADSettings:
         return replace(self, **changes)
@@ -101,7 +106,7 @@ class SADSettings:
     def to_toml(self) -> str:
         """The ``[pairs]`` and ``[analysis]`` tables of an analysis spec (``analyses/README.md``)
         that :func:`svfcheck.gate.spec.load_spec` reads back as these settings
-        (``Spec.sad_settings()``). ``ValueError`` for what a spec cannot say: a head table of
+        (``Spec.settings``). ``ValueError`` for what a spec cannot say: a head table of
         :class:`~svfcheck.tasks.circuits.CircuitHead` rows, or ``n_boot_head`` other than the
         gate's ``min(n_boot, 1000)``."""
         if not isinstance(self.heads, str) and any(hasattr(h, "layer") for h in self.heads):

@@ -16,6 +16,7 @@ import pytest
 
 from svfcheck.gate.evaluate import Evaluator, _judge
 from svfcheck.gate.spec import SpecError, load_spec
+from svfcheck.real.pipeline import SADRun
 
 SPEC = """\
 [model]
@@ -84,7 +85,8 @@ def _spec(write_spec, margin=0.1, bound=3, err_bound=1e-5, min_pairs=500):
 
 
 def _judge_all(spec, model, base):
-    return {c.name: _judge(spec, c, model, base) for c in spec.conditions}
+    run = SADRun.of(spec.settings, model, base)
+    return {c.name: _judge(spec, c, run) for c in spec.conditions}
 
 
 # dyadic constants, so every mean and difference is exact in binary floating point:
@@ -166,7 +168,7 @@ def test_named_heads_without_pairs_is_a_spec_error(write_spec):
     spec = load_spec(write_spec(SPEC.format(margin=0.1, bound=3, err_bound=1e-5, min_pairs=1).replace("[[0, 1]]", "[[0, 7]]")))
     cond = next(c for c in spec.conditions if c.kind == "median_k_at_most")
     with pytest.raises(SpecError, match=r"condition\[3\]\.heads: no analysed pair of the named heads"):
-        _judge(spec, cond, FakeResult(10, **MODEL), FakeResult(10, **BASE))
+        _judge(spec, cond, SADRun.of(spec.settings, FakeResult(10, **MODEL), FakeResult(10, **BASE)))
 
 
 def test_bounds_and_heads_checked_against_the_loaded_model(write_spec):

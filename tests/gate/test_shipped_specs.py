@@ -78,7 +78,7 @@ def test_corrupted_kv_group_fails_exactness_smollm2(evaluator, monkeypatch):
     full = load_spec(ANALYSES / "smollm2-135m-ioi.toml")
     spec = dataclasses.replace(
         full, baseline=None, task=dataclasses.replace(full.task, n_prompts=1),
-        pairs=dataclasses.replace(full.pairs, heads=CORRUPTION_HEADS),
+        settings=full.settings.replace(heads=CORRUPTION_HEADS),
         conditions=tuple(c for c in full.conditions if c.kind == "max_reconstruction_error"),
     )
     assert len(spec.conditions) == 1

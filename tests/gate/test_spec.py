@@ -55,7 +55,7 @@ def test_valid_spec_parses_with_defaults(write_spec):
     assert (s.model.name, s.model.revision, s.model.random_init, s.model.seed, s.model.dtype) == (
         "smollm2-135m", None, False, 0, "float32")
     assert (s.task.kind, s.task.n_prompts, s.task.seed) == ("ioi", 3, 0)
-    assert s.pairs.heads == "all" and s.pairs.selection == "top" and s.pairs.min_pairs == 500
+    assert s.settings.heads == "all" and s.settings.selection == "top" and s.min_pairs == 500
     assert s.baseline is not None and s.baseline.seed == 2
     assert [c.name for c in s.conditions] == [
         "sad_effect_rotated", "s_svd_below_random_init", "median_k_L0H1_L2H3", "max_reconstruction_error"]
@@ -93,7 +93,7 @@ def test_shipped_specs_parse_and_are_gated(path):
     assert kinds & SAD_KINDS, "a shipped spec must test the SAD prediction"
     assert "max_reconstruction_error" in kinds, "a shipped spec must gate exactness"
     assert s.baseline is not None and not s.model.random_init
-    assert s.pairs.min_pairs >= 500  # real-model claims need >= 500 pairs (docs/math.md §3.8)
+    assert s.min_pairs >= 500  # real-model claims need >= 500 pairs (docs/math.md §3.8)
     for c in s.conditions:
         if c.kind in ("sad_effect_vs_random_init", "s_svd_below_random_init"):
             assert c.margin > 0, f"{path.name}: {c.name} has margin 0; seed-to-seed variation could pass it"

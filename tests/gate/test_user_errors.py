@@ -58,7 +58,7 @@ def test_user_errors_during_evaluation_are_per_spec_errors(tiny_folder, unsuppor
         "ioi.toml": (ioi, "task.kind", "cannot make IOI prompts with the tokenizer of"),
         # GPT-2's head table (layers up to 10) on a 2-layer model: analyze raises ValueError
         "paper.toml": (tiny_spec(tiny_folder, EXACT, baseline=False).replace('heads = "all"', 'heads = "paper"\ncircuit = "gpt2"'),
-                       "pairs", "the model analysis rejected the pair settings"),
+                       "pairs", "the analysis rejected the pair settings"),
         "head.toml": (tiny_spec(tiny_folder, EXACT, baseline=False).replace('heads = "all"', "heads = [[0, 0], [5, 1]]"),
                       "pairs.heads[1]", "head [5, 1] is outside"),
     }
@@ -73,8 +73,8 @@ def test_user_errors_during_evaluation_are_per_spec_errors(tiny_folder, unsuppor
 
 
 @pytest.mark.parametrize("module, func, exc", [
-    ("svfcheck.real.sad", "analyze", IndexError),  # IndexError is no user error: head lists are checked first
-    ("svfcheck.real.sad", "analyze", RuntimeError),
+    ("svfcheck.real.pipeline", "analyze", IndexError),  # IndexError is no user error: head lists are checked first
+    ("svfcheck.real.pipeline", "analyze", RuntimeError),
     ("svfcheck.real.heads", "cached_heads", RuntimeError),
 ])
 def test_other_exceptions_are_gate_bugs_and_propagate(module, func, exc, tiny_folder, tiny_spec, write_spec,

@@ -69,7 +69,7 @@ def test_toml_is_read_back_by_the_gate_as_the_same_settings(settings, tmp_path):
 
     f = tmp_path / "s.toml"
     f.write_text(SPEC_HEAD + "\n" + settings.to_toml())
-    assert load_spec(f).sad_settings() == settings
+    assert load_spec(f).settings == settings
 
 
 def test_what_a_spec_cannot_say_is_refused():
