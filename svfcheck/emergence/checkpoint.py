@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from ..stats import json_float
 from .pairs import _pairs_for_prompt
@@ -34,7 +33,8 @@ def _analyze_checkpoint(loaded, settings: EmergenceSettings, heads: HeadSet, pro
     model = loaded.model
     mh = cached_heads(model)
     L, H = mh.n_layers, mh.layers[0].n_heads
-    dtype = default_dtype(mh) if settings.dtype is None else getattr(torch, settings.dtype)
+    options = StepOptions.of(settings.analysis, single_thread=True)
+    dtype = default_dtype(mh) if options.dtype is None else options.dtype
     every = [(l, h) for l in range(L) for h in range(H)]
     cols: dict[str, list] = {k: [] for k in ("role", "prompt", "layer", "head", "query", "key", "attention",
                                               "s_svd", "s_rotated", "s_paper_control", "k", "k_rotated")}
@@ -69,7 +69,6 @@ def _analyze_checkpoint(loaded, settings: EmergenceSettings, heads: HeadSet, pro
         _collect_examples(ex_out, examples, rows, s, d)
 
     batches = pad_batches([p.ids for p in prompts], settings.batch_size, pad_id(loaded.tokenizer))
-    options = StepOptions(basis=settings.basis, seed=settings.seed, dtype=dtype, single_thread=True)
     totals = decompose_batches(model, mh, batches, select, collect, options)
     if not cols["layer"]:
         raise ValueError("no pairs were selected at this checkpoint (prompts too short for the heads?)")

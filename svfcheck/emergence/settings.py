@@ -1,7 +1,11 @@
 """What SAD over training analyses: :class:`EmergenceSettings`, :class:`HeadSet`, per-task
 defaults (:func:`default_settings`) and the names of tasks, selections and head roles.
 
-Everything here enters the sweep key (:mod:`svfcheck.emergence.sweep_key`).
+Everything here enters the sweep key (:mod:`svfcheck.emergence.sweep_key`). How each
+checkpoint's pairs are decomposed and summarised (seed, dtype, basis, batch size, bootstrap
+resamples) is the pipeline's :class:`~svfcheck.real.settings.SADSettings`
+(:attr:`EmergenceSettings.analysis`), validated there once; the rest — which task, prompts and
+heads — is what SAD over training adds.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .._validate import is_int as _is_int
+from ..real.settings import SADSettings
 
 __all__ = [
     "EmergenceSettings",
@@ -68,26 +73,29 @@ class EmergenceSettings:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        for f in ("n_prompts", "heads_per_role", "head_sequences", "batch_size"):
+        for f in ("n_prompts", "heads_per_role", "head_sequences"):
             v = getattr(self, f)
             if not _is_int(v) or v < 1:
                 raise ValueError(f"EmergenceSettings.{f} must be a positive int, got {v!r}")
-        for f in ("n_boot", "n_boot_contrast"):
-            v = getattr(self, f)
-            if not _is_int(v) or v < 100:
-                raise ValueError(f"EmergenceSettings.{f} must be an int >= 100, got {v!r}")
-        for f in ("prompt_seed", "head_seed", "seed"):
+        if not _is_int(self.n_boot_contrast) or self.n_boot_contrast < 100:
+            raise ValueError(f"EmergenceSettings.n_boot_contrast must be an int >= 100, got {self.n_boot_contrast!r}")
+        for f in ("prompt_seed", "head_seed"):
             v = getattr(self, f)
             if not _is_int(v) or v < 0:
                 raise ValueError(f"EmergenceSettings.{f} must be a non-negative int, got {v!r}")
         if not _is_int(self.text_tokens) or self.text_tokens < 3:
             raise ValueError(f"EmergenceSettings.text_tokens must be an int >= 3, got {self.text_tokens!r}")
-        if self.basis not in ("pair", "zero"):
-            raise ValueError(f"basis must be 'pair' or 'zero', got {self.basis!r}")
         if self.ioi_heads not in ("auto", "paper", "discover"):
             raise ValueError(f"ioi_heads must be 'auto', 'paper' or 'discover', got {self.ioi_heads!r}")
-        if self.dtype not in (None, "float32", "float64"):
-            raise ValueError(f"dtype must be None, 'float32' or 'float64', got {self.dtype!r}")
+        self.analysis  # noqa: B018 -- seed, dtype, basis, batch_size, n_boot: validated by SADSettings
+
+    @property
+    def analysis(self) -> SADSettings:
+        """How each checkpoint's pairs are decomposed and summarised, as the pipeline's settings
+        (``seed``, ``dtype``, ``basis``, ``batch_size``, ``n_boot``; the heads and pairs are the
+        :class:`HeadSet`'s and the task's, not ``SADSettings.heads``/``selection``)."""
+        return SADSettings(seed=self.seed, dtype=self.dtype, basis=self.basis, batch_size=self.batch_size,
+                           n_boot=self.n_boot, n_boot_head=min(self.n_boot, 1000))
 
     def to_dict(self) -> dict:
         return asdict(self)
