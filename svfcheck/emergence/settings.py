@@ -125,6 +125,17 @@ class HeadSet:
             ]
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadSet:
+        """The inverse of :meth:`to_dict` (a head set handed from one sweep task to another)."""
+        circuit = None
+        if d.get("circuit") is not None:
+            from ..tasks.circuits import CircuitHead
+
+            circuit = tuple(CircuitHead(**c) for c in d["circuit"])
+        roles = {r: tuple((int(l), int(h)) for l, h in hs) for r, hs in d["roles"].items()}
+        return cls(roles, circuit, dict(d.get("scores") or {}), d.get("identified_at"))
+
 
 def default_settings(task: str, **overrides) -> EmergenceSettings:
     """Sensible defaults per task: induction — structural pairs of the top-2 induction and

@@ -1,0 +1,120 @@
+"""Where tasks run: in this process (:class:`LocalEngine`, the default, no Ray needed) or on
+a Ray cluster (:class:`RayEngine`: a local cluster started for the run, or an existing one
+joined by address). Both take the same jobs and report each outcome through one callback, as
+it finishes; a job that raises is retried up to its ``max_retries`` and then reported as
+failed with its error, while every other job completes."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .tasks import Task
+
+__all__ = ["Outcome", "LocalEngine", "RayEngine", "make_engine", "ENGINES"]
+
+ENGINES = ("local", "ray")
+Fn = Callable[[str, dict, float], dict]  # (kind, payload, num_cpus) -> result
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``result`` (None when the task failed), ``error`` (the last attempt's exception, one
+    line, plus its traceback in ``trace``), ``attempts`` (None when the engine does not count
+    them) and wall ``seconds``."""
+
+    task: Task
+    result: dict | None
+    error: str | None
+    attempts: int | None
+    seconds: float
+    trace: str | None = None
+
+
+class LocalEngine:
+    """Tasks one after another in this process."""
+
+    name = "local"
+
+    def run(self, fn: Fn, tasks: list[Task], on_done: Callable[[Outcome], None]) -> None:
+        for t in tasks:
+            t0 = time.perf_counter()
+            for attempt in range(1, t.resources.max_retries + 2):
+                try:
+                    res = fn(t.kind, t.payload, t.resources.num_cpus)
+                except Exception as e:  # noqa: BLE001 -- a task's failure is reported, not fatal to the sweep
+                    err, trace = f"{type(e).__name__}: {e}", traceback.format_exc()
+                    continue
+                on_done(Outcome(t, res, None, attempt, time.perf_counter() - t0))
+                break
+            else:
+                on_done(Outcome(t, None, err, t.resources.max_retries + 1, time.perf_counter() - t0, trace))
+
+    def close(self) -> None:
+        pass
+
+
+class RayEngine:
+    """Tasks as Ray remote functions with the plan's ``num_cpus``/``num_gpus`` and
+    ``max_retries`` (application exceptions included). ``address=None`` starts a local
+    cluster for the run (``num_cpus`` CPUs, default all) and stops it on :meth:`close`;
+    an address joins that cluster and leaves it running."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("--engine ray needs Ray: pip install 'svfcheck[sweep]' (or pip install ray)") from None
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            try:
+                if address is None:
+                    ray.init(num_cpus=num_cpus, **kw)
+                else:
+                    ray.init(address=address, **kw)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
+                raise ValueError(f"cannot start or join {where}: {e}") from None
+
+    def run(self, fn: Fn, tasks: list[Task], on_done: Callable[[Outcome], None]) -> None:
+        ray = self.ray
+        remote = ray.remote(fn)
+        pending: dict[Any, tuple[Task, float]] = {}
+        for t in tasks:
+            r = t.resources
+            ref = remote.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, max_retries=r.max_retries,
+                                 retry_exceptions=True).remote(t.kind, t.payload, r.num_cpus)
+            pending[ref] = (t, time.perf_counter())
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                t, t0 = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 -- RayTaskError wraps the task's own exception
+                    cause = getattr(e, "cause", None) or e
+                    on_done(Outcome(t, None, f"{type(cause).__name__}: {cause}".splitlines()[0], None,
+                                    time.perf_counter() - t0, str(e)))
+                    continue
+                on_done(Outcome(t, res, None, None, time.perf_counter() - t0))
+
+    def close(self) -> None:
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def make_engine(name: str, address: str | None = None, num_cpus: int | None = None):
+    if name == "local":
+        if address is not None:
+            raise ValueError("--address joins a Ray cluster; it needs --engine ray")
+        return LocalEngine()
+    if name == "ray":
+        return RayEngine(address, num_cpus)
+    raise ValueError(f"unknown engine {name!r}; choose one of {ENGINES}")

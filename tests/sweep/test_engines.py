@@ -1,0 +1,96 @@
+"""Engines and the result store, with stand-in task functions: retries, failures reported
+while the other tasks finish, the same outcomes on Ray as in-process, and a store that
+trusts a file only when it is whole and names its key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from svfcheck.sweep.engines import LocalEngine, make_engine
+from svfcheck.sweep.plan import Resources
+from svfcheck.sweep.store import ResultStore
+from svfcheck.sweep.tasks import Task
+
+
+def _tasks(retries: int) -> list[Task]:
+    r = Resources(num_cpus=1, max_retries=retries)
+    return [Task("checkpoint", name, f"k-{name}", {"name": name}, r) for name in ("flaky", "broken", "fine")]
+
+
+def _fn(counter_dir: Path):
+    """``flaky`` raises on its first two calls, ``broken`` always; calls are counted in files
+    (a Ray worker is another process: no shared memory)."""
+
+    def fn(kind: str, payload: dict, num_cpus: float) -> dict:
+        f = counter_dir / payload["name"]
+        n = int(f.read_text()) + 1 if f.exists() else 1
+        f.write_text(str(n))
+        if payload["name"] == "flaky" and n <= 2:
+            raise RuntimeError(f"flaky failure {n}")
+        if payload["name"] == "broken":
+            raise ValueError("always broken\nsecond line")
+        return {"name": payload["name"], "calls": n, "cpus": num_cpus}
+
+    return fn
+
+
+def _run(engine, tmp_path, retries):
+    got = {}
+    engine.run(_fn(tmp_path), _tasks(retries), lambda o: got.__setitem__(o.task.label, o))
+    return got, {p.name: int(p.read_text()) for p in tmp_path.iterdir()}
+
+
+def test_local_engine_retries_and_reports_failures(tmp_path):
+    got, calls = _run(LocalEngine(), tmp_path, retries=2)
+    assert got["flaky"].result == {"name": "flaky", "calls": 3, "cpus": 1} and got["flaky"].attempts == 3
+    assert got["broken"].result is None and got["broken"].attempts == 3 and calls["broken"] == 3
+    assert got["broken"].error.startswith("ValueError: always broken") and "Traceback" in got["broken"].trace
+    assert got["fine"].result["calls"] == 1 and calls == {"flaky": 3, "broken": 3, "fine": 1}
+
+
+def test_local_engine_gives_up_after_max_retries(tmp_path):
+    got, calls = _run(LocalEngine(), tmp_path, retries=1)
+    assert got["flaky"].result is None and "flaky failure 2" in got["flaky"].error and calls["flaky"] == 2
+
+
+def test_engine_choice_is_checked():
+    with pytest.raises(ValueError, match="--address joins a Ray cluster; it needs --engine ray"):
+        make_engine("local", address="127.0.0.1:1")
+    with pytest.raises(ValueError, match="unknown engine 'dask'"):
+        make_engine("dask")
+
+
+@pytest.mark.gpu  # starts a Ray cluster (≈ 6 s)
+def test_ray_engine_retries_and_reports_failures_like_local(tmp_path):
+    engine = make_engine("ray", num_cpus=2)
+    try:
+        got, calls = _run(engine, tmp_path, retries=2)
+    finally:
+        engine.close()
+    assert got["flaky"].result == {"name": "flaky", "calls": 3, "cpus": 1} and calls["flaky"] == 3
+    assert got["broken"].result is None and calls["broken"] == 3 and "always broken" in got["broken"].error
+    assert got["fine"].result["calls"] == 1
+
+
+def test_store_round_trip_and_damaged_files(tmp_path):
+    store = ResultStore(tmp_path)
+    t, other = _tasks(0)[:2]
+    assert store.get(t) is None
+    store.put(t, {"x": [1, 2]}, 1.23456, 1)
+    assert store.get(t) == {"x": [1, 2]}
+    doc = json.loads(store.path(t).read_text())
+    assert doc["key"] == t.key and doc["seconds"] == 1.235 and doc["payload"] == {"name": "flaky"}
+    assert not list(store.path(t).parent.glob(".*.tmp"))  # the temporary file was renamed, not left behind
+    # a truncated file (a kill while writing without the rename) is set aside and recomputed
+    store.path(t).write_text(store.path(t).read_text()[:20])
+    assert store.get(t) is None and store.path(t).with_name(store.path(t).name + ".bad").is_file()
+    # a result stored under another task's name is never trusted
+    store.put(other, {"y": 1}, 0.0, 1)
+    store.path(other).rename(store.path(t))
+    assert store.get(t) is None
+    with pytest.raises(ValueError):  # NaN is not JSON: refused, and nothing half-written stays
+        store.put(other, {"y": float("nan")}, 0.0, 1)
+    assert not store.path(other).exists() and not list(store.path(other).parent.glob(".*.tmp"))

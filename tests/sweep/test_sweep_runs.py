@@ -1,0 +1,189 @@
+"""Sweeps end to end on real (tiny) training runs: ``plans/smoke.toml`` gives the same merged
+table in-process and on a local Ray cluster, and on a cluster joined by address; a rerun
+recomputes nothing; a killed driver loses only what was running; checkpoints that serve the
+same weights are flagged and left out of curves and contrasts; gate specs run as tasks.
+
+One module fixture trains the smoke plan's two runs in-process (≈ 1 min on 2 cores); the
+other tests reuse those runs through ``source = "run:DIR"`` series where they can."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from svfcheck.sweep.dataset import read_parquet
+from svfcheck.sweep.driver import run_sweep
+from svfcheck.sweep.plan import load_plan
+
+pytestmark = pytest.mark.gpu
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "plans" / "smoke.toml"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "local"
+    return run_sweep(load_plan(SMOKE), out, engine="local", progress=False)
+
+
+def _runs_plan(tmp_path: Path, smoke, name="runs.toml", steps='"first-middle-last"') -> Path:
+    """The smoke plan's analysis over the smoke fixture's finished runs (no training)."""
+    plan = tmp_path / name
+    series = "".join(f'[[series]]\nname = "{s}"\nsource = "run:{smoke.out_dir / "runs" / s}"\nsteps = {steps}\n'
+                     for s in ("induction-s0", "induction-s1"))
+    plan.write_text('seeds = [0]\n' + series + textwrap.dedent("""\
+        [[analysis]]
+        name = "induction"
+        task = "induction"
+        settings = { n_prompts = 8, head_sequences = 32, n_boot = 500, n_boot_contrast = 1000 }
+        """))
+    return plan
+
+
+def _analysis_rows(rows):
+    return [r for r in rows if r["kind"] != "train"]
+
+
+def test_smoke_plan_runs_locally(smoke):
+    d = smoke.data
+    assert d["n_failed"] == 0 and d["n_tasks"] == 12 and d["n_computed"] == 12, d["failures"]
+    assert {t["kind"] for t in d["tasks"]} == {"train", "heads", "checkpoint", "random-init"}
+    assert read_parquet(smoke.out_dir / "sweep.parquet") == smoke.rows
+    assert {p for p in d["figures"]} == {"sweep_s_vs_step.png", "sweep_contrast.png"}
+    assert all((smoke.out_dir / f).stat().st_size > 10_000 for f in d["figures"])
+    # the trained runs show SAD emerging: final-vs-first effect difference > 0 under both controls
+    c = {(r["series"], r["metric"]): r for r in smoke.rows if r["kind"] == "contrast" and r["role"] == "overall"}
+    for s in ("induction-s0", "induction-s1"):
+        for ctl in ("rotated", "paper_control"):
+            assert c[(s, f"effect_difference_{ctl}")]["low"] > 0, c[(s, f"effect_difference_{ctl}")]
+    # one row per (series, step, analysis, seed, role, metric)
+    keys = [(r["kind"], r["series"], r["analysis"], r["seed"], r["step"], r["role"], r["metric"]) for r in smoke.rows]
+    assert len(keys) == len(set(keys))
+
+
+def test_rerun_recomputes_nothing(smoke):
+    again = run_sweep(load_plan(SMOKE), smoke.out_dir, engine="local", progress=False, figures=False)
+    assert again.data["n_computed"] == 0 and again.data["n_reused"] == 12
+    assert again.rows == smoke.rows
+
+
+def test_ray_local_cluster_gives_the_same_table(smoke, tmp_path):
+    r = run_sweep(load_plan(SMOKE), tmp_path / "ray", engine="ray", num_cpus=2, progress=False, figures=False)
+    assert r.data["engine"] == "ray" and r.data["n_failed"] == 0 and r.data["n_computed"] == 12
+    assert r.rows == smoke.rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_cluster_joined_by_address(smoke, tmp_path):
+    ray = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    subprocess.run([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                    "--include-dashboard", "false", "--disable-usage-stats"], check=True, capture_output=True, env=env,
+                   timeout=120)
+    try:
+        from svfcheck.sweep.cli import main
+
+        rc = main([str(_runs_plan(tmp_path, smoke)), "--out", str(tmp_path / "joined"), "--engine", "ray",
+                   "--address", f"127.0.0.1:{port}", "--quiet", "--no-figures"])
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    assert rc == 0
+    d = json.loads((tmp_path / "joined" / "sweep.json").read_text())
+    assert d["engine"] == "ray" and d["address"] == f"127.0.0.1:{port}" and d["n_computed"] == 10
+    # the same analyses of the same checkpoints as the in-process smoke sweep, row for row
+    assert read_parquet(tmp_path / "joined" / "sweep.parquet") == _analysis_rows(smoke.rows)
+
+
+def test_killed_driver_loses_only_running_tasks(tmp_path):
+    plan = tmp_path / "kill.toml"
+    plan.write_text(SMOKE.read_text().replace("max_steps = 200, checkpoint_every = 100", "max_steps = 80, checkpoint_every = 40"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "svfcheck.cli", "sweep", str(plan), "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list((out / "tasks" / "train").glob("*.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    finished = {p.stem for p in (out / "tasks").rglob("*.json")}
+    assert len(finished) >= 1 and not (out / "sweep.json").exists(), "the driver was not killed mid-sweep"
+    r = run_sweep(load_plan(plan), out, engine="local", progress=False, figures=False)
+    status = {t["key"]: t["status"] for t in r.data["tasks"]}
+    assert all(status[k] == "reused" for k in finished)
+    assert r.data["n_computed"] == 12 - len(finished) and r.data["n_failed"] == 0
+
+
+def test_checkpoints_with_the_same_weights_are_flagged_and_excluded(smoke, tmp_path):
+    run = smoke.out_dir / "runs" / "induction-s0"
+    steps = sorted(int(p.name.removeprefix("step")) for p in run.iterdir() if p.name.startswith("step"))
+    folder = tmp_path / "mirror"
+    first, last = steps[0], steps[-1]
+    shutil.copytree(run / f"step{first}", folder / f"step{first}")
+    shutil.copytree(run / f"step{last}", folder / f"step{last}")
+    shutil.copytree(run / f"step{last}", folder / f"step{last + 100}")  # a mirror serving the last weights again
+    plan = tmp_path / "dup.toml"
+    plan.write_text(textwrap.dedent(f"""\
+        [[series]]
+        name = "mirror"
+        source = "folder:{folder}"
+        [[analysis]]
+        name = "induction"
+        task = "induction"
+        settings = {{ n_prompts = 8, head_sequences = 32, n_boot = 500, n_boot_contrast = 1000 }}
+        """))
+    r = run_sweep(load_plan(plan), tmp_path / "out", engine="local", progress=False, figures=False)
+    (dup,) = r.data["duplicates"]
+    assert (dup["series"], dup["step"], dup["same_as"]) == ("mirror", last + 100, last)
+    rows = [x for x in r.rows if x["kind"] == "checkpoint"]
+    assert {x["step"] for x in rows if x["excluded"]} == {last + 100}
+    assert not any(x["excluded"] for x in rows if x["step"] != last + 100)
+    # the contrast compares the last distinct weights with the first, not the duplicate
+    (c,) = [x for x in r.rows if x["kind"] == "contrast" and x["metric"] == "first_step" and x["role"] == "overall"]
+    assert c["step"] == last and c["value"] == first
+
+
+def test_gate_specs_run_as_sweep_tasks(tmp_path):
+    from tests._tiny_models import paragraph_word_tokenizer, save_tiny_folder
+
+    folder = save_tiny_folder(tmp_path / "tiny", "llama", paragraph_word_tokenizer(), seed=0)
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(textwrap.dedent(f"""\
+        [model]
+        name = "{folder}"
+        dtype = "float64"
+        [task]
+        kind = "text"
+        n_prompts = 2
+        prompt_tokens = 16
+        [pairs]
+        min_pairs = 1
+        [[condition]]
+        kind = "max_reconstruction_error"
+        bound = 1e-5
+        """))
+    plan = tmp_path / "spec.toml"
+    plan.write_text('seeds = [0, 5]\n[[analysis]]\nname = "tiny"\nspec = "tiny.toml"\n')
+    r = run_sweep(load_plan(plan), tmp_path / "out", engine="local", progress=False, figures=False)
+    assert r.data["n_tasks"] == 2 and r.data["n_failed"] == 0
+    rows = {(x["seed"], x["metric"]): x for x in r.rows if x["kind"] == "spec"}
+    for seed in (0, 5):
+        assert rows[(seed, "passed")]["value"] == 1.0 and rows[(seed, "measured")]["value"] < 1e-5
+        assert rows[(seed, "threshold")]["value"] == 1e-5 and rows[(seed, "passed")]["role"] == "max_reconstruction_error"
