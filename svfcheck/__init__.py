@@ -20,6 +20,13 @@ Analysis of prompts
     :func:`generate_ioi_prompts`, :func:`text_prompts`, :data:`DEFAULT_TEXT`; :func:`analyze`
     (with :class:`SADSettings`) → :class:`SADResult`; :func:`contrast` (trained vs random init)
     → :class:`Contrast`; :func:`run_sad` (a model, its random init, the contrast) → :class:`SADRun`.
+Readouts (what a singular vector means; docs/math.md §5)
+    :func:`singular_readouts` (per head and singular index: the tokens scoring highest and
+    lowest on the query and key side, and the unembedding's top tokens);
+    :func:`load_dictionary` (a ``.safetensors`` / ``.npy`` matrix of residual-stream directions,
+    oriented and checked), :func:`dictionary_alignment` (cosines of singular vectors with those
+    directions, raw and whitened, best matches, one-to-one matching, random baseline),
+    :func:`alignment_scores` (the same scores for given singular vectors).
 Metrics
     :func:`rolls_tovee`, :func:`reconstruction_count`.
 Toy model and theory
@@ -67,6 +74,11 @@ _API: dict[str, tuple[str, str]] = {
     "SADResult": ("svfcheck.real.sad", "SADResult"),
     "contrast": ("svfcheck.real.sad", "contrast"),
     "Contrast": ("svfcheck.real.sad", "Contrast"),
+    # readouts
+    "singular_readouts": ("svfcheck.real.readouts", "singular_readouts"),
+    "load_dictionary": ("svfcheck.real.dictionary", "load_dictionary"),
+    "dictionary_alignment": ("svfcheck.real.dictionary", "dictionary_alignment"),
+    "alignment_scores": ("svfcheck.real.dictionary", "alignment_scores"),
     # metrics
     "rolls_tovee": ("svfcheck.metrics", "rolls_tovee"),
     "reconstruction_count": ("svfcheck.metrics", "reconstruction_count"),

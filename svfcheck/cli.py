@@ -7,6 +7,8 @@ Subcommands:
   sad      sparse attention decomposition of a real model (IOI or text prompts); write sad.json + figures
   emergence  train a small LM with checkpoints (or take a checkpoint series) and track SAD over training
   gate     evaluate TOML analysis specs (CI gating of model analyses); exit 1 when a condition fails
+  readout  what heads' top singular vectors mean: top tokens per pole, dictionary alignment; write readouts.json
+  sweep    checkpoints x analyses x seeds as resumable tasks, locally or on Ray; one merged Parquet dataset
 """
 
 from __future__ import annotations
@@ -146,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("emergence", add_help=False,
                    help="train + analyse SAD over checkpoints (svfcheck emergence --help)")
     sub.add_parser("gate", add_help=False, help="evaluate analysis specs; exit 1 on a failed condition (svfcheck gate --help)")
+    sub.add_parser("sweep", add_help=False,
+                   help="run a sweep plan (checkpoints x analyses x seeds) locally or on Ray (svfcheck sweep --help)")
+    sub.add_parser("readout", add_help=False,
+                   help="top tokens of heads' singular vectors, dictionary alignment (svfcheck readout --help)")
 
     t = sub.add_parser("theory", help="numerical summary of Theorems 1-3 (JSON)")
     t.add_argument("--out", default=None, help="directory for theory.json (default: print to stdout)")
@@ -200,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         from svfcheck.gate.cli import main as gate_main
 
         return gate_main(argv[1:])
+    if argv[:1] == ["sweep"]:
+        from svfcheck.sweep.cli import main as sweep_main
+
+        return sweep_main(argv[1:])
+    if argv[:1] == ["readout"]:
+        from svfcheck.readout_cli import main as readout_main
+
+        return readout_main(argv[1:])
     args = parse_args(build_parser(), argv)
     if isinstance(args, int):
         return args

@@ -116,7 +116,31 @@ def world(tmp_path_factory) -> dict[str, str]:
         w[name] = root / name
     w["spec_opt"] = root / "opt.toml"
     Path(w["spec_opt"]).write_text(SPEC.format(model=w["opt"], n_prompts=2))
+    _dictionaries(root, w)
     return {k: str(v) for k, v in w.items()}
+
+
+def _dictionaries(root: Path, w: dict) -> None:
+    """Feature dictionaries for `svfcheck readout --dictionary` ({small} has d_model = 32)."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(0)
+    arrays = {"dict_wrong": rng.standard_normal((20, 33)), "dict_square": rng.standard_normal((32, 32)),
+              "dict_nan": rng.standard_normal((20, 32)), "dict_zero": rng.standard_normal((20, 32)),
+              "dict_const": rng.standard_normal((20, 32))}
+    arrays["dict_nan"][3, 5] = np.nan
+    arrays["dict_zero"][2] = 0.0
+    arrays["dict_const"][7] = 0.25  # constant: LayerNorm removes it
+    for name, a in arrays.items():
+        w[name] = root / f"{name}.npy"
+        np.save(w[name], a)
+    w["dict_pickle"] = root / "dict_pickle.npy"
+    np.save(w["dict_pickle"], np.array([{"W": 1}], dtype=object), allow_pickle=True)
+    w["dict_pt"] = root / "dict.pt"
+    Path(w["dict_pt"]).write_bytes(b"not a tensor")
+    w["dict_two"] = root / "dict_two.safetensors"
+    save_file({"a": torch.ones(4, 32), "b": torch.ones(32, 6)}, str(w["dict_two"]))
 
 
 NO_CUDA = not torch.cuda.is_available()
@@ -240,6 +264,45 @@ CASES = [
     C("gate-json-under-file", "gate {spec} --json {under_file}/g.json", "--json", "{under_file}"),
     C("gate-out-is-file", "gate {spec} --out {file}", "--out", "{file}"),
     C("gate-unknown-flag", "gate {spec} --bogus", "--bogus"),
+    # ---------------------------------------------------------------- readout
+    C("readout-no-model", "readout --out {tmp}", "--model"),
+    C("readout-no-out", "readout --model {small}", "--out"),
+    C("readout-unknown-model", "readout --model no-such-model-xyz --out {tmp}", "no-such-model-xyz", "smollm2-135m"),
+    C("readout-unsupported-architecture", "readout --model {opt} --out {tmp}", "'opt'", "supported"),
+    C("readout-nan-weights", "readout --model {nan} --out {tmp}", "non-finite", "attn.c_attn.weight"),
+    C("readout-out-is-file", "readout --model {small} --out {file}", "--out", "{file}"),
+    C("readout-heads-word", "readout --model {small} --heads 0.x --out {tmp}", "--heads", "'0.x'"),
+    C("readout-head-layer-range", "readout --model {small} --heads 2.0 --out {tmp}", "layer 2 is out of range", "layers 0..1"),
+    C("readout-head-head-range", "readout --model {small} --heads 0.4 --out {tmp}", "head 4 is out of range", "heads 0..3"),
+    C("readout-layer-star-range", "readout --model {small} --heads 5.* --out {tmp}", "--heads 5.*", "layers 0..1"),
+    C("readout-top-r-zero", "readout --model {small} --top-r 0 --out {tmp}", "--top-r", "'0'"),
+    C("readout-top-r-above-dh", "readout --model {small} --top-r 9 --out {tmp}", "--top-r 9", "d_h = 8"),
+    C("readout-top-tokens-huge", "readout --model {small} --top-tokens 5000 --out {tmp}", "--top-tokens", "5000"),
+    C("readout-top-tokens-above-vocab", "readout --model {small} --top-tokens 999 --out {tmp}", "--top-tokens 999",
+      "vocabulary"),
+    C("readout-dictionary-missing", "readout --model {small} --dictionary {missing} --out {tmp}", "--dictionary",
+      "{missing}", "no such file"),
+    C("readout-dictionary-folder", "readout --model {small} --dictionary {folder} --out {tmp}", "--dictionary", "folder"),
+    C("readout-dictionary-pickle", "readout --model {small} --dictionary {dict_pickle} --out {tmp}", "--dictionary",
+      "{dict_pickle}", "allow_pickle=False"),
+    C("readout-dictionary-pt", "readout --model {small} --dictionary {dict_pt} --out {tmp}", "{dict_pt}",
+      "unsupported type '.pt'"),
+    C("readout-dictionary-wrong-d-model", "readout --model {small} --dictionary {dict_wrong} --out {tmp}", "{dict_wrong}",
+      "(20, 33)", "d_model = 32"),
+    C("readout-dictionary-square", "readout --model {small} --dictionary {dict_square} --out {tmp}", "square",
+      "--dictionary-layout"),
+    C("readout-dictionary-nan", "readout --model {small} --dictionary {dict_nan} --out {tmp}", "{dict_nan}", "non-finite",
+      "features [3]"),
+    C("readout-dictionary-zero-row", "readout --model {small} --dictionary {dict_zero} --out {tmp}", "all-zero",
+      "features [2]"),
+    C("readout-dictionary-constant-row", "readout --model {small} --dictionary {dict_const} --out {tmp}", "vanish",
+      "[7]", "ln_1"),
+    C("readout-dictionary-several-keys", "readout --model {small} --dictionary {dict_two} --out {tmp}", "2 tensors",
+      "--dictionary-key"),
+    C("readout-dictionary-unknown-key", "readout --model {small} --dictionary {dict_two} --dictionary-key nope --out {tmp}",
+      "'nope'", "a, b"),
+    C("readout-dictionary-key-alone", "readout --model {small} --dictionary-key a --out {tmp}", "--dictionary-key",
+      "only applies with --dictionary"),
 ]
 
 
@@ -251,7 +314,7 @@ def _run(case: Case, world, capsys, monkeypatch) -> tuple[int, str, str]:
     for k, v in case.env.items():
         monkeypatch.setenv(k, _fill(v, world))
     argv = [_fill(a, world) for a in case.argv]
-    if argv and argv[0] in ("report", "sad", "toy", "emergence", "gate"):
+    if argv and argv[0] in ("report", "sad", "toy", "emergence", "gate", "readout"):
         argv.insert(1, "--no-progress" if argv[0] == "emergence" else "--quiet")
     rc = main(argv)
     out = capsys.readouterr()
@@ -284,6 +347,7 @@ SCRIPT_CASES = [
     C("script-sad-out-is-file", "sad --model {small} --out {file}", "--out", "{file}"),
     C("script-sad-text-file-folder", "sad --model {small} --task text --text-file {folder} --out {tmp}", "--text-file"),
     C("script-gate-json-folder", "gate {spec} --json {folder}", "--json"),
+    C("script-readout-dictionary-pickle", "readout --model {small} --dictionary {dict_pickle} --out {tmp}", "allow_pickle=False"),
 ]
 
 
