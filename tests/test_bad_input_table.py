@@ -117,7 +117,20 @@ def world(tmp_path_factory) -> dict[str, str]:
     w["spec_opt"] = root / "opt.toml"
     Path(w["spec_opt"]).write_text(SPEC.format(model=w["opt"], n_prompts=2))
     _dictionaries(root, w)
+    _plans(root, w)
     return {k: str(v) for k, v in w.items()}
+
+
+def _plans(root: Path, w: dict) -> None:
+    """Sweep plans for `svfcheck sweep`: one good (never run by a row: each row fails first), one per mistake."""
+    good = '[[series]]\nname = "r"\nsource = "run:{run}"\n[[analysis]]\nname = "a"\ntask = "induction"\n'
+    plans = {"plan_good": good,
+             "plan_preset": '[[series]]\nname = "r"\npreset = "gpt5"\n[[analysis]]\nname = "a"\ntask = "text"\n',
+             "plan_nospec": f'[[analysis]]\nname = "s"\nspec = "{w["spec_missing"]}"\n'}
+    plans["plan_badkey"] = good.replace('source = "run:{run}"\n', 'source = "run:{run}"\nsteps = [0, 0]\n')
+    for name, text in plans.items():
+        w[name] = root / f"{name}.toml"
+        Path(w[name]).write_text(text.replace("{run}", str(root / "badrun" / "run")))
 
 
 def _dictionaries(root: Path, w: dict) -> None:
@@ -303,6 +316,18 @@ CASES = [
       "'nope'", "a, b"),
     C("readout-dictionary-key-alone", "readout --model {small} --dictionary-key a --out {tmp}", "--dictionary-key",
       "only applies with --dictionary"),
+    C("sweep-no-plan", "sweep --out {tmp}", "PLAN", "required"),
+    C("sweep-no-out", "sweep {plan_good}", "--out"),
+    C("sweep-missing-plan", "sweep {missing} --out {tmp}", "PLAN", "{missing}", "no such file"),
+    C("sweep-plan-is-folder", "sweep {folder} --out {tmp}", "PLAN", "folder"),
+    C("sweep-plan-not-toml", "sweep {spec_notoml} --out {tmp}", "{spec_notoml}", "malformed TOML"),
+    C("sweep-plan-bad-key", "sweep {plan_badkey} --out {tmp}", "series[0].steps", "distinct"),
+    C("sweep-plan-unknown-preset", "sweep {plan_preset} --out {tmp}", "series[0].preset", "'gpt5'", "induction-gpt2"),
+    C("sweep-plan-missing-spec", "sweep {plan_nospec} --out {tmp}", "analysis[0].spec", "no-such-spec.toml"),
+    C("sweep-out-is-file", "sweep {plan_good} --out {file}", "--out", "{file}", "not a folder"),
+    C("sweep-unknown-engine", "sweep {plan_good} --out {tmp} --engine dask", "--engine", "'dask'"),
+    C("sweep-address-without-ray", "sweep {plan_good} --out {tmp} --address 127.0.0.1:1", "--address", "--engine ray"),
+    C("sweep-bad-num-cpus", "sweep {plan_good} --out {tmp} --num-cpus 0", "--num-cpus"),
 ]
 
 

@@ -20,7 +20,7 @@ from ..cliargs import bounded_int, input_file, parse_args, prepare_out_dir, run_
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="svfcheck sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("plan", help="a sweep plan (.toml); e.g. plans/smoke.toml")
+    p.add_argument("plan", metavar="PLAN", help="a sweep plan (.toml); e.g. plans/smoke.toml")
     p.add_argument("--out", required=True, help="output folder (reused to resume)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="where tasks run (default: local)")
     p.add_argument("--address", default=None, help="--engine ray: join the Ray cluster at ADDR (e.g. 127.0.0.1:6379)")

@@ -123,10 +123,16 @@ def test_specs_run_in_parallel_under_xdist(pytester, tiny_folder, tiny_spec):
     for i in range(3):
         (specs / f"tiny{i}.toml").write_text(tiny_spec(tiny_folder, EXACT, baseline=False, n_prompts=1 + i))
     (specs / "bad.toml").write_text(tiny_spec(tiny_folder, EXACT + IMPOSSIBLE))
-    res = pytester.runpytest_subprocess("--svf-spec", str(specs), "-n", "2", "-v", "-p", "no:cacheprovider")
+    res = pytester.runpytest_subprocess("--svf-spec", str(specs), "-n", "2", "--dist", "loadfile", "-v",
+                                        "-p", "no:cacheprovider")
     res.assert_outcomes(passed=4, failed=1)
     out = res.stdout.str()
-    assert "2 workers" in out or "created: 2/2 workers" in out, out
+    assert "created: 2/2 workers" in out, out
     for i in range(3):
         assert f"specs/tiny{i}.toml::exact" in out
     res.stdout.fnmatch_lines(["*FAILED specs/bad.toml::sad_rotated*", "*measured * (pass when > 0.4000)*"])
+    # --dist loadfile: both conditions of bad.toml ran on one worker (its model analysed once)
+    import re
+
+    workers = set(re.findall(r"\[(gw\d)\] \[ *\d+%\] \w+ specs/bad\.toml::", out))
+    assert len(workers) == 1, out

@@ -187,3 +187,41 @@ def test_gate_specs_run_as_sweep_tasks(tmp_path):
     for seed in (0, 5):
         assert rows[(seed, "passed")]["value"] == 1.0 and rows[(seed, "measured")]["value"] < 1e-5
         assert rows[(seed, "threshold")]["value"] == 1e-5 and rows[(seed, "passed")]["role"] == "max_reconstruction_error"
+
+
+def test_a_failing_task_is_retried_reported_and_the_rest_complete(smoke, tmp_path, capsys):
+    """A checkpoint whose weights file is damaged fails on every attempt (max_retries = 1: two
+    attempts); the other checkpoints, the random init and the contrast still come out, and
+    the command exits 1 naming the failed task."""
+    from svfcheck.sweep.cli import main
+
+    run = smoke.out_dir / "runs" / "induction-s0"
+    steps = sorted(int(p.name.removeprefix("step")) for p in run.iterdir() if p.name.startswith("step"))
+    first, mid, last = steps[0], steps[len(steps) // 2], steps[-1]
+    folder = tmp_path / "damaged"
+    for s in (first, mid, last):
+        shutil.copytree(run / f"step{s}", folder / f"step{s}")
+    weights = folder / f"step{mid}" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    plan = tmp_path / "fail.toml"
+    plan.write_text(textwrap.dedent(f"""\
+        [resources]
+        max_retries = 1
+        [[series]]
+        name = "damaged"
+        source = "folder:{folder}"
+        [[analysis]]
+        name = "induction"
+        task = "induction"
+        settings = {{ n_prompts = 8, head_sequences = 32, n_boot = 500, n_boot_contrast = 1000 }}
+        """))
+    rc = main([str(plan), "--out", str(tmp_path / "out"), "--quiet", "--no-figures"])
+    out = capsys.readouterr().out
+    assert rc == 1 and f"FAILED induction / damaged step {mid} seed 0" in out, out
+    d = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    (f,) = d["failures"]
+    assert f["attempts"] == 2 and f["label"] == f"induction / damaged step {mid} seed 0" and f["error"]
+    assert d["n_computed"] == 4  # heads, two checkpoints, the random init
+    rows = read_parquet(tmp_path / "out" / "sweep.parquet")
+    assert {r["step"] for r in rows if r["kind"] == "checkpoint"} == {first, last}
+    assert any(r["kind"] == "contrast" and r["metric"] == "first_step" and r["value"] == first for r in rows)
