@@ -83,8 +83,20 @@ class RayEngine:
                 where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
                 raise ValueError(f"cannot start or join {where}: {e}") from None
 
+    def check_resources(self, tasks: list[Task]) -> None:
+        """``ValueError`` when a task asks for more CPUs or GPUs than the whole cluster has (Ray
+        would wait for them forever)."""
+        total = self.ray.cluster_resources()
+        for t in tasks:
+            for what, asked in (("CPU", t.resources.num_cpus), ("GPU", t.resources.num_gpus)):
+                if asked > total.get(what, 0.0):
+                    raise ValueError(f"task {t.label!r} asks for {asked:g} {what}(s) but the Ray cluster has "
+                                     f"{total.get(what, 0.0):g}; lower [resources] num_{what.lower()}s in the plan "
+                                     "or join a cluster that has them (--address)")
+
     def run(self, fn: Fn, tasks: list[Task], on_done: Callable[[Outcome], None]) -> None:
         ray = self.ray
+        self.check_resources(tasks)
         remote = ray.remote(fn)
         pending: dict[Any, tuple[Task, float]] = {}
         for t in tasks:

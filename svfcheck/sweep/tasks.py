@@ -66,7 +66,7 @@ def train_tasks(plan: Plan, out: Path) -> list[Task]:
         cfg = preset(s.preset, **dict(s.train)).to_dict()
         tasks.append(Task("train", f"train {s.name}", digest({"kind": "train", "config": cfg}),
                           {"series": s.name, "preset": s.preset, "train": dict(s.train),
-                           "run_dir": str(_run_dir(out, s))}, plan.resources))
+                           "run_dir": str(_run_dir(out, s)), "gpu": plan.resources.num_gpus > 0}, plan.resources))
     return tasks
 
 

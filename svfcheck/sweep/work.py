@@ -32,7 +32,11 @@ def weights_sha256(model) -> str:
 
 
 def run_task(kind: str, payload: dict, num_cpus: float = 1.0) -> dict:
-    """Run one task (:mod:`svfcheck.sweep.tasks`) with ``floor(num_cpus)`` (≥ 1) torch threads."""
+    """Run one task (:mod:`svfcheck.sweep.tasks`) with ``floor(num_cpus)`` (≥ 1) torch threads.
+
+    Training runs on CUDA when the task was given a GPU (``payload["gpu"]``: the plan's
+    ``num_gpus`` > 0) and CUDA is present; analyses run on the CPU (their float64/float32
+    decomposition is CPU work)."""
     import torch
 
     was = torch.get_num_threads()
@@ -48,7 +52,10 @@ def _train(p: dict) -> dict:
     from ..emergence.config import preset
     from ..emergence.train import train_run
 
-    r = train_run(preset(p["preset"], **p["train"]), p["run_dir"], progress=False, num_threads=1)
+    import torch
+
+    device = "cuda" if p.get("gpu") and torch.cuda.is_available() else "cpu"
+    r = train_run(preset(p["preset"], **p["train"]), p["run_dir"], device=device, progress=False, num_threads=1)
     return {"run_dir": str(r.out_dir), "curve": r.curve}
 
 

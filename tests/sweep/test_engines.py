@@ -68,6 +68,13 @@ def test_ray_engine_retries_and_reports_failures_like_local(tmp_path):
     engine = make_engine("ray", num_cpus=2)
     try:
         got, calls = _run(engine, tmp_path, retries=2)
+        # a task asking for a GPU the cluster does not have is refused up front, not queued forever
+        gpu = Task("checkpoint", "needs-gpu", "k-gpu", {"name": "fine"}, Resources(num_gpus=0.5))
+        with pytest.raises(ValueError, match=r"'needs-gpu' asks for 0.5 GPU\(s\) but the Ray cluster has 0"):
+            engine.run(_fn(tmp_path), [gpu], lambda o: None)
+        many = Task("checkpoint", "needs-cpus", "k-cpu", {"name": "fine"}, Resources(num_cpus=3))
+        with pytest.raises(ValueError, match=r"asks for 3 CPU\(s\) but the Ray cluster has 2"):
+            engine.run(_fn(tmp_path), [many], lambda o: None)
     finally:
         engine.close()
     assert got["flaky"].result == {"name": "flaky", "calls": 3, "cpus": 1} and calls["flaky"] == 3
