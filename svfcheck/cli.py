@@ -76,7 +76,8 @@ def _cmd_sad(args: argparse.Namespace) -> int:
         if args.task != "text":
             raise UsageError(f"--text-file only applies with --task text (got --task {args.task})")
         text_file = input_file(args.text_file, "--text-file")
-    settings = SADSettings(heads=heads, selection=args.selection, circuit=args.circuit, seed=args.seed, dtype=args.dtype)
+    settings = SADSettings(heads=heads, selection=args.selection, circuit=args.circuit, seed=args.seed, dtype=args.dtype,
+                           basis=args.basis)
     out = prepare_out_dir(args.out)  # before the analysis: a bad --out must not cost a finished analysis
     progress = not args.quiet
     lm = load_model(args.model, revision=args.revision, progress=progress)
@@ -93,7 +94,7 @@ def _cmd_sad(args: argparse.Namespace) -> int:
     if args.baseline == "random-init":
         rl = load_model(args.model, revision=args.revision, random_init=True, seed=args.seed, progress=progress)
     run = run_sad(lm, prompts, settings, random=rl, progress=progress)
-    (out / "sad.json").write_text(json.dumps(run.to_json(compact=args.compact)) + "\n")
+    sad_json = run.write(out)
     res, base = run.trained, run.random
     figs = write_figures(out, res, base)
     s = res.summary
@@ -108,7 +109,8 @@ def _cmd_sad(args: argparse.Namespace) -> int:
         print(f"random init: {len(base)} pairs, mean S SVD {base.summary['mean_s_svd']:.4f}")
         for line in run.contrast.lines():
             print("  " + line)
-    print(f"wrote {out / 'sad.json'} and {len(figs)} figures")
+    pair_files = "pairs.parquet" + (" and pairs-random-init.parquet" if base is not None else "")
+    print(f"wrote {sad_json} (summary; the pairs in {pair_files}) and {len(figs)} figures")
     return 0
 
 
@@ -178,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", choices=("random-init",), default=None, help="also analyse a seeded random initialisation and contrast")
     s.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="decomposition dtype (default: float64 without RoPE/QK-norm, else float32)")
-    s.add_argument("--compact", action="store_true",
-                   help="write sad.json's per-pair fields as columns (one array per field) instead of one object per pair; "
-                        "same data, about half the size (read either form with svfcheck.real.sad.pair_rows)")
+    s.add_argument("--basis", choices=("pair", "zero"), default="pair",
+                   help="singular basis of each pair: pair = the SVD of Ω(Δ) at the pair's own offset (exact), "
+                        "zero = Ω(0) for every pair (the paper's App. D approximation under RoPE; default: pair)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_sad)
     return p

@@ -90,9 +90,11 @@ def _pair_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def check_sad(name: str, doc: dict, request: pytest.FixtureRequest, *, rtol: float = 1e-6) -> None:
+def check_sad(name: str, doc: dict, request: pytest.FixtureRequest, *, rtol: float = 1e-6, folder=None) -> None:
     """A ``sad.json`` document (trained and, when present, its random-init baseline) against
-    ``<name>.json`` (everything but the pairs) and ``<name>.npz`` (the pairs)."""
+    ``<name>.json`` (everything but the pairs) and ``<name>.npz`` (the pairs, read in-line or
+    from the pair files in ``folder`` by ``pair_rows``). Where the pairs are kept (in-line rows
+    or a pair file) is not part of the golden: ``pairs_format`` and ``pairs_file`` are skipped."""
     from svfcheck.real.sad import pair_rows
 
     parts = {"trained": doc}
@@ -100,10 +102,11 @@ def check_sad(name: str, doc: dict, request: pytest.FixtureRequest, *, rtol: flo
         parts["random_init"] = doc["baseline_random_init"]
     arrays = {}
     for part, d in parts.items():
-        arrays.update({f"{part}.{k}": v for k, v in _pair_arrays(pair_rows(d)).items()})
-    meta = {k: v for k, v in doc.items() if k not in ("pairs", "baseline_random_init")}
+        arrays.update({f"{part}.{k}": v for k, v in _pair_arrays(pair_rows(d, folder)).items()})
+    where = ("pairs", "pairs_format", "pairs_file")
+    meta = {k: v for k, v in doc.items() if k not in (*where, "baseline_random_init")}
     if "random_init" in parts:
-        meta["baseline_random_init"] = {k: v for k, v in parts["random_init"].items() if k != "pairs"}
+        meta["baseline_random_init"] = {k: v for k, v in parts["random_init"].items() if k not in where}
     path = GOLDEN_DIR / f"{name}.npz"
     if recording(request):
         GOLDEN_DIR.mkdir(exist_ok=True)

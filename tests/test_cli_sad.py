@@ -25,6 +25,18 @@ PAIR_FIELDS = (
     "prompt_index", "layer", "head", "query_pos", "key_pos", "attention", "relative_attention", "terms",
     "k", "rolls_tovee", "k_rotated", "rolls_tovee_rotated", "rolls_tovee_paper_control",
 )
+def _sad_json(out):
+    """``out/sad.json`` with the pairs read from its pair files into ``pairs`` (as the old
+    in-line form), for the trained model and the random-init baseline."""
+    from svfcheck.real.sad import pair_rows
+
+    doc = json.loads((out / "sad.json").read_text())
+    for part in (doc, doc.get("baseline_random_init")):
+        if part is not None:
+            part["pairs"] = pair_rows(part, out)
+    return doc
+
+
 TOP_FIELDS = ("model", "architecture", "prompts", "pairs", "summary", "per_head", "p_values", "max_reconstruction_error")
 
 
@@ -55,7 +67,7 @@ def test_sad_json_has_every_field_and_matches_the_model(folders, tmp_path, capsy
                       "--out", str(out), "--baseline", "random-init"], capsys)
     assert rc == 0, se
     assert "pairs" in so and "max reconstruction error" in so
-    doc = json.loads((out / "sad.json").read_text())
+    doc = _sad_json(out)
     for f in TOP_FIELDS:
         assert f in doc, f
     assert doc["architecture"] == "gpt2" and doc["model"] == folders["small"]
@@ -101,7 +113,7 @@ def test_paper_heads_at_paper_positions(folders, tmp_path, capsys, arch, circuit
     rc, so, se = run(["--model", folders[arch], "--heads", "paper", "--circuit", circuit, "--n-prompts", "4",
                       "--out", str(out)], capsys)
     assert rc == 0, se
-    doc = json.loads((out / "sad.json").read_text())
+    doc = _sad_json(out)
     assert doc["architecture"] == arch and doc["selection"] == "circuit"
     want = ioi.generate_ioi_prompts(folders["tok"], 4, seed=0)
     expected = sorted(
@@ -119,7 +131,7 @@ def test_text_task(folders, tmp_path, capsys):
     rc, so, se = run(["--model", folders["small"], "--task", "text", "--text-file", str(text), "--n-prompts", "2",
                       "--prompt-tokens", "20", "--out", str(tmp_path / "o")], capsys)
     assert rc == 0, se
-    doc = json.loads((tmp_path / "o" / "sad.json").read_text())
+    doc = _sad_json(tmp_path / "o")
     assert [len(p["token_ids"]) for p in doc["prompts"]] == [20, 20]
 
 
@@ -156,7 +168,7 @@ def test_prompt_too_short_is_a_clear_error(folders, tmp_path, capsys):
 def test_text_task_defaults_to_the_built_in_passage(folders, tmp_path, capsys):
     rc, so, se = run(["--model", folders["small"], "--task", "text", "--out", str(tmp_path / "o")], capsys)
     assert rc == 0, se
-    doc = json.loads((tmp_path / "o" / "sad.json").read_text())
+    doc = _sad_json(tmp_path / "o")
     assert len(doc["prompts"]) >= 1 and all(len(p["token_ids"]) == 64 for p in doc["prompts"])
 
 
@@ -164,7 +176,7 @@ def test_discovered_heads_with_random_baseline(folders, tmp_path, capsys):
     rc, so, se = run(["--model", folders["small"], "--heads", "discover", "--n-prompts", "3", "--baseline", "random-init",
                       "--out", str(tmp_path / "o")], capsys)
     assert rc == 0, se
-    doc = json.loads((tmp_path / "o" / "sad.json").read_text())
+    doc = _sad_json(tmp_path / "o")
     assert doc["heads"] == "discover" and doc["selection"] == "circuit"
     table = {(c["layer"], c["head"], c["query"], c["key"]) for c in doc["circuit"]}
     assert len(table) >= 4  # one or more heads per role
@@ -180,56 +192,74 @@ def test_zero_prompts_exit_2(folders, tmp_path, capsys):
     assert rc == 2 and "argument --n-prompts: '0' is out of range" in se, se
 
 
-# --------------------------------------------------------------------------- compact sad.json
+# --------------------------------------------------------------------------- sad.json + pair files
 
 
 @pytest.fixture(scope="module")
 def paper_runs(folders, tmp_path_factory):
     """`svfcheck sad` on the GPT-2-shaped folder with the paper's heads and a random-init
-    baseline, written in full and in --compact form: ``{form: (sad.json doc, stdout, path)}``.
+    baseline: ``{"full": (sad.json doc with the pairs read in, stdout, folder)}``.
     ``--seed 3`` so the random initialisation differs from the folder's (seed-0) weights."""
     import contextlib
     import io
 
-    root = tmp_path_factory.mktemp("paper_runs")
-    runs = {}
-    for form in ("full", "compact"):
-        out = root / form
-        buf, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
-            rc = main(["sad", "--quiet", "--model", folders["gpt2"], "--heads", "paper", "--circuit", "gpt2",
-                       "--n-prompts", "12", "--seed", "3", "--baseline", "random-init", "--out", str(out),
-                       *(["--compact"] if form == "compact" else [])])
-        assert rc == 0, err.getvalue()
-        runs[form] = (json.loads((out / "sad.json").read_text()), buf.getvalue(), out / "sad.json")
-    return runs
+    out = tmp_path_factory.mktemp("paper_runs") / "full"
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        rc = main(["sad", "--quiet", "--model", folders["gpt2"], "--heads", "paper", "--circuit", "gpt2",
+                   "--n-prompts", "12", "--seed", "3", "--baseline", "random-init", "--out", str(out)])
+    assert rc == 0, err.getvalue()
+    return {"full": (_sad_json(out), buf.getvalue(), out)}
 
 
-def test_compact_and_full_sad_json_carry_the_same_data(paper_runs):
-    """--compact writes columns; expanded with pair_rows they equal the full form's rows,
-    and everything outside ``pairs`` is identical (roles included; keys=None entries)."""
-    from svfcheck.real.sad import pair_rows
+def test_sad_json_is_a_summary_and_the_pairs_are_parquet(paper_runs):
+    """sad.json names its pair files instead of holding the pairs; each file has one row per
+    pair with the documented schema, roles where the circuit gives them, and the random init's
+    pairs are the same (prompt, head, query, key) positions."""
+    import pyarrow.parquet as pq
 
-    (full, _, fp), (comp, _, cp) = paper_runs["full"], paper_runs["compact"]
-    assert full["pairs_format"] == "rows" and comp["pairs_format"] == "columns"
-    assert isinstance(comp["pairs"], dict) and len(comp["pairs"]["layer"]) == len(full["pairs"]) == full["n_pairs"]
-    assert all(len(v) == full["n_pairs"] for v in comp["pairs"].values())
-    assert pair_rows(comp) == full["pairs"] == pair_rows(full)
-    assert {r.get("role") for r in full["pairs"]} == {h.role for h in GPT2_IOI_PAPER_HEADS}
-    key = "baseline_random_init"
-    assert pair_rows(comp[key]) == full[key]["pairs"]
-    skip = ("pairs", "pairs_format")
-    assert {k: v for k, v in comp[key].items() if k not in skip} == {k: v for k, v in full[key].items() if k not in skip}
-    skip = (*skip, key)
-    assert {k: v for k, v in comp.items() if k not in skip} == {k: v for k, v in full.items() if k not in skip}
-    assert cp.stat().st_size < 0.8 * fp.stat().st_size
+    from svfcheck.real.pair_table import PAIRS_FORMAT
+
+    doc, so, out = paper_runs["full"]
+    raw = json.loads((out / "sad.json").read_text())
+    assert (raw["pairs_format"], raw["pairs_file"]) == ("parquet", "pairs.parquet") and "pairs" not in raw
+    base = raw["baseline_random_init"]
+    assert (base["pairs_format"], base["pairs_file"]) == ("parquet", "pairs-random-init.parquet")
+    t = pq.read_table(out / "pairs.parquet")
+    assert t.num_rows == raw["n_pairs"] == len(doc["pairs"]) > 0
+    assert t.schema.metadata[b"svfcheck.format"] == PAIRS_FORMAT.encode()
+    terms = t.schema.field("terms").type
+    assert terms.list_size == len(doc["pairs"][0]["terms"]) == 8 and str(terms.value_type) == "double"
+    assert {r.get("role") for r in doc["pairs"]} == {h.role for h in GPT2_IOI_PAPER_HEADS}
+    pos = [(r["prompt_index"], r["layer"], r["head"], r["query_pos"], r["key_pos"]) for r in doc["pairs"]]
+    assert pos == [(r["prompt_index"], r["layer"], r["head"], r["query_pos"], r["key_pos"])
+                   for r in doc["baseline_random_init"]["pairs"]]
+    assert "pairs.parquet" in so
+    # a person can open sad.json: it does not grow with the pairs' terms
+    assert (out / "sad.json").stat().st_size < (out / "pairs.parquet").stat().st_size * 4
 
 
-def test_pair_rows_rejects_unknown_format():
+def test_pair_rows_rejects_unknown_format_and_needs_the_folder():
     from svfcheck.real.sad import pair_rows
 
     with pytest.raises(ValueError, match="unknown pairs_format 'csv'"):
         pair_rows({"pairs_format": "csv", "pairs": {}})
+    with pytest.raises(ValueError, match="relative to the sad.json's folder: pass folder="):
+        pair_rows({"pairs_format": "parquet", "pairs_file": "pairs.parquet"})
+
+
+def test_a_file_that_is_not_a_pair_file_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from svfcheck.real.pair_table import read_pairs
+
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="not an svfcheck pair file"):
+        read_pairs(tmp_path / "other.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match="not a readable Parquet pair file"):
+        read_pairs(tmp_path / "junk.parquet")
 
 
 def test_per_role_contrast_in_json_and_printout(paper_runs):
@@ -384,3 +414,22 @@ def test_discovery_captures_are_reused_by_the_sad_pass(small_lm, monkeypatch):
     res = analyze(small_lm, prompts, heads="discover", batch_size=2, n_boot=200, n_boot_head=100, progress=False)
     assert len(res) > 0 and res.heads_mode == "discover"
     assert len(calls) == 3  # ceil(5 / 2) batches, each captured once
+
+
+def test_basis_flag_reaches_the_decomposition(folders, tmp_path):
+    """--basis zero (Ω(0) for every pair, paper App. D) on a RoPE model: recorded in the
+    settings, the same pairs, other terms than the exact per-offset basis (--basis pair)."""
+    docs = {}
+    for basis in ("pair", "zero"):
+        out = tmp_path / basis
+        assert main(["sad", "--quiet", "--model", folders["gpt_neox"], "--task", "text", "--n-prompts", "2",
+                     "--prompt-tokens", "12", "--basis", basis, "--out", str(out)]) == 0
+        docs[basis] = _sad_json(out)
+    p, z = docs["pair"], docs["zero"]
+    assert (p["settings"]["basis"], z["settings"]["basis"]) == ("pair", "zero")
+    pos = [(r["prompt_index"], r["layer"], r["head"], r["query_pos"], r["key_pos"]) for r in p["pairs"]]
+    assert pos == [(r["prompt_index"], r["layer"], r["head"], r["query_pos"], r["key_pos"]) for r in z["pairs"]]
+    # pairs at offset 0 share the basis; at other offsets the rotary part of Ω(Δ) differs from Ω(0)
+    far = [i for i, r in enumerate(p["pairs"]) if r["query_pos"] - r["key_pos"] >= 2]
+    diff = max(max(abs(a - b) for a, b in zip(p["pairs"][i]["terms"], z["pairs"][i]["terms"])) for i in far)
+    assert far and diff > 1e-3, diff

@@ -33,7 +33,7 @@ SAD_RUNS = {
 def test_sad_golden(name, tmp_path, request):
     rc = main(["sad", "--quiet", *SAD_RUNS[name], "--seed", "0", "--baseline", "random-init", "--out", str(tmp_path)])
     assert rc == 0
-    check_sad(name, json.loads((tmp_path / "sad.json").read_text()), request)
+    check_sad(name, json.loads((tmp_path / "sad.json").read_text()), request, folder=tmp_path)
 
 
 @pytest.mark.gpu

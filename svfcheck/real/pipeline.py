@@ -12,13 +12,16 @@ contrast is made here once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .models import LoadedModel
 from .sad import LEVEL, Contrast, SADResult, analyze, contrast
 from .settings import SADSettings
 
-__all__ = ["SADRun", "run_sad", "baseline_settings", "AnalysisMemo"]
+__all__ = ["SADRun", "run_sad", "baseline_settings", "AnalysisMemo", "PAIRS_FILE", "PAIRS_FILE_RANDOM"]
+
+PAIRS_FILE, PAIRS_FILE_RANDOM = "pairs.parquet", "pairs-random-init.parquet"
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,31 @@ class SADRun:
                                            seed=self.settings.seed, level=level, per_role=False)
         return self._levels[level]
 
-    def to_json(self, compact: bool = False) -> dict[str, Any]:
+    def to_json(self, pairs_files: tuple[str, str] | None = None) -> dict[str, Any]:
         """The ``sad.json`` document: the trained result, plus ``baseline_random_init`` and
-        ``contrast`` when a baseline was analysed (see :meth:`SADResult.to_json`)."""
-        doc = self.trained.to_json(compact=compact)
+        ``contrast`` when a baseline was analysed (see :meth:`SADResult.to_json`); the pairs
+        in-line, or named by ``pairs_files`` = (trained file, random-init file)."""
+        doc = self.trained.to_json(None if pairs_files is None else pairs_files[0])
         if self.random is not None:
-            doc["baseline_random_init"] = self.random.to_json(compact=compact)
+            doc["baseline_random_init"] = self.random.to_json(None if pairs_files is None else pairs_files[1])
             doc["contrast"] = self.contrast.to_json()
         return doc
+
+    def write(self, out_dir) -> Path:
+        """``out_dir/sad.json`` (the summary) with the pairs in ``pairs.parquet`` (and
+        ``pairs-random-init.parquet``); returns the ``sad.json`` path."""
+        import json
+
+        out = Path(out_dir)
+        files = (PAIRS_FILE, PAIRS_FILE_RANDOM)
+        self.trained.write_pairs(out / files[0])
+        if self.random is not None:
+            self.random.write_pairs(out / files[1])
+        path = out / "sad.json"
+        tmp = out / ".sad.json.tmp"
+        tmp.write_text(json.dumps(self.to_json(files)) + "\n")
+        tmp.replace(path)
+        return path
 
 
 def baseline_settings(trained: SADResult, settings: SADSettings) -> SADSettings:

@@ -17,7 +17,9 @@ Effects are ``mean(S_control − S_svd)`` with percentile-bootstrap 99% interval
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,34 +106,29 @@ class SADResult:
             m = m & (self.records["role"] == role)
         return self.records[key][m]
 
+    def write_pairs(self, path: str | os.PathLike) -> Path:
+        """The per-pair results as a Parquet file (:mod:`svfcheck.real.pair_table`)."""
+        from .pair_table import write_pairs
+
+        return write_pairs(self.records, self.keys, path)
+
     def roles(self) -> list[str]:
         """Head roles present among the pairs (circuit selection), sorted."""
         return sorted({str(r) for r in self.records["role"] if r})
 
-    def to_json(self, compact: bool = False) -> dict[str, Any]:
+    def to_json(self, pairs_file: str | None = None) -> dict[str, Any]:
         """The ``sad.json`` content (plain JSON types).
 
-        ``pairs`` is a list of one dict per pair (``pairs_format: "rows"``), or with
-        ``compact=True`` one dict of parallel arrays, one per field (``pairs_format:
-        "columns"``): ``pairs[field][p]`` is pair p's value; ``role`` and ``keys`` hold
-        ``null`` where the row form omits them. :func:`pair_rows` turns either form into rows.
-        Compact files are about half the size (no repeated keys).
+        Without ``pairs_file``, ``pairs`` is a list of one dict per pair (``pairs_format:
+        "rows"``, floats to 7 digits); with it, the document names the Parquet pair file
+        instead (``pairs_format: "parquet"``, ``pairs_file``; written by :meth:`write_pairs`,
+        schema in :mod:`svfcheck.real.pair_table`), so that it stays small at any number of
+        pairs. :func:`pair_rows` reads the pairs of either form.
         """
         r = self.records
         ints = ("prompt_index", "layer", "head", "query_pos", "key_pos")
-        if compact:
-            cols: dict[str, Any] = {f: [int(x) for x in r[f]] for f in ints}
-            cols.update({f: [json_float(x) for x in r[f]] for f in ("attention", "relative_attention")})
-            cols["terms"] = [[json_float(x) for x in row] for row in r["terms"]]
-            cols["k"] = [int(x) for x in r["k"]]
-            cols["rolls_tovee"] = [json_float(x) for x in r["rolls_tovee"]]
-            cols["k_rotated"] = [int(x) for x in r["k_rotated"]]
-            cols["rolls_tovee_rotated"] = [json_float(x) for x in r["rolls_tovee_rotated"]]
-            cols["rolls_tovee_paper_control"] = [json_float(x) for x in r["rolls_tovee_paper_control"]]
-            cols["role"] = [str(x) if x else None for x in r["role"]]
-            cols["keys"] = [None if k is None else [int(x) for x in k] for k in self.keys]
-            pairs: Any = cols
-        else:
+        pairs: Any = None
+        if pairs_file is None:
             pairs = []
             for p in range(len(self)):
                 row = {f: int(r[f][p]) for f in ints}
@@ -150,6 +147,8 @@ class SADResult:
                 if self.keys[p] is not None:
                     row["keys"] = [int(x) for x in self.keys[p]]
                 pairs.append(row)
+        where = {"pairs_format": "rows", "pairs": pairs} if pairs_file is None else {
+            "pairs_format": "parquet", "pairs_file": str(pairs_file)}
         return {
             "model": self.model,
             "architecture": self.architecture,
@@ -168,8 +167,7 @@ class SADResult:
             ],
             "n_pairs": len(self),
             "n_dropped": self.n_dropped,
-            "pairs_format": "columns" if compact else "rows",
-            "pairs": pairs,
+            **where,
             "summary": self.summary,
             "per_head": self.per_head,
             "p_values": {c: self.summary[f"wilcoxon_{c}"]["p_value"] for c in CONTROLS},
@@ -177,14 +175,26 @@ class SADResult:
         }
 
 
-def pair_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-pair rows of a ``sad.json`` document in either form (see :meth:`SADResult.to_json`)."""
-    pairs = doc["pairs"]
+def pair_rows(doc: dict[str, Any], folder: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The per-pair rows of a ``sad.json`` document (see :meth:`SADResult.to_json`): in-line
+    rows; a Parquet pair file (``pairs_file``, relative to ``folder``, the folder of the
+    ``sad.json``; non-finite floats are NaN there, ``null`` in-line); or the column form
+    earlier versions wrote with ``--compact``."""
     fmt = doc.get("pairs_format", "rows")
+    if fmt == "parquet":
+        from .pair_table import read_pairs
+
+        f = Path(doc["pairs_file"])
+        if not f.is_absolute():
+            if folder is None:
+                raise ValueError(f"the pairs are in {f}, relative to the sad.json's folder: pass folder=")
+            f = Path(folder) / f
+        return read_pairs(f)
+    pairs = doc["pairs"]
     if fmt == "rows":
         return list(pairs)
     if fmt != "columns":
-        raise ValueError(f"unknown pairs_format {fmt!r}; expected 'rows' or 'columns'")
+        raise ValueError(f"unknown pairs_format {fmt!r}; expected 'rows', 'parquet' or 'columns'")
     n = len(pairs["layer"])
     rows = []
     for p in range(n):
