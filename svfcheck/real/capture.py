@@ -2,8 +2,9 @@
 
 :func:`capture` runs the model once with hooks on every self-attention module and records,
 per layer: the module's input hidden states (the post-norm residual, exactly what the
-query/key projections read), the RoPE ``(cos, sin)`` it was given, the mask it used (as the
-set of visible keys per query) and its attention probabilities (eager attention).
+query/key projections read), the RoPE ``(cos, sin)`` it was given (in the rotate-half layout
+of svfcheck's head coordinates, :func:`rotate_half_tables`), the mask it used (as the set of
+visible keys per query) and its attention probabilities (eager attention).
 :func:`pad_batches` turns ragged prompts into the right-padded ``(input_ids, attention_mask)``
 batches that :func:`capture` expects.
 """
@@ -14,11 +15,12 @@ import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .heads import ModelHeads, attention_modules, extract_heads
+from .heads import ModelHeads, RotarySpec, _rotary_module, attention_modules, extract_heads
 
-__all__ = ["Capture", "capture", "visible_from_spec", "pad_batches", "pad_id"]
+__all__ = ["Capture", "capture", "visible_from_spec", "pad_batches", "pad_id", "rotate_half_tables"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,6 +147,57 @@ def _mask_to_visible(mask, B: int, n: int) -> torch.Tensor | None:
     return vis.expand(B, n, n)
 
 
+def rotate_half_tables(spec: RotarySpec, pe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``position_embeddings`` a RoPE module received, as ``(cos, sin)`` (..., rotary_dim)
+    in svfcheck's rotate-half layout (docs/math.md §3.18): GPT-J's ``(sin, cos)`` with one entry
+    per pair is duplicated over the two halves; tables of an interleaved model (entries 2t and
+    2t + 1 for pair t) are reordered by the spec's ``head_order``, the permutation the
+    extraction applied to the head coordinates."""
+    if spec.tables == "sin_cos_half":
+        s, c = pe
+        return torch.cat([c, c], -1), torch.cat([s, s], -1)
+    c, s = pe
+    if spec.head_order is not None:
+        order = torch.as_tensor(spec.head_order)
+        c, s = c.index_select(-1, order), s.index_select(-1, order)
+    return c, s
+
+
+def _check_rope_length(heads: ModelHeads, n: int) -> None:
+    """``ValueError`` before the forward pass when a prompt is longer than a length-dependent
+    RoPE (``dynamic``, ``longrope``) keeps its extracted frequencies for (docs/math.md §3.20)."""
+    for lh in heads.layers:
+        r = lh.rotary
+        if r is not None and r.max_positions is not None and n > r.max_positions:
+            raise ValueError(
+                f"layer {lh.layer}: {r.rope_type!r} RoPE changes its frequencies for prompts longer than "
+                f"{r.max_positions} tokens (this batch has {n}); svfcheck decomposes it exactly only up to that "
+                f"length: use prompts of at most {r.max_positions} tokens"
+            )
+
+
+def _check_rope_state(model, heads: ModelHeads) -> None:
+    """``ValueError`` when a length-dependent RoPE module rotated the batch with frequencies other
+    than the extracted ones: a ``dynamic`` module rescaled by an earlier, longer prompt keeps its
+    rescaled frequencies for prompts up to that length (docs/math.md §3.20). Compared exactly
+    with the module's own buffer after the forward pass."""
+    layers = [lh for lh in heads.layers if lh.rotary is not None and lh.rotary.state_attr is not None]
+    if not layers:
+        return
+    rot = _rotary_module(model)
+    for lh in layers:
+        used = getattr(rot, lh.rotary.state_attr).detach().double().cpu().numpy()
+        if not np.array_equal(used, lh.rotary.inv_freq):
+            r = lh.rotary
+            raise ValueError(
+                f"layer {lh.layer}: the {r.rope_type!r} RoPE module rotated this batch with frequencies other than "
+                f"its original ones (an earlier prompt longer than {r.max_positions} tokens rescaled them, and the "
+                "module keeps them for shorter prompts); svfcheck decomposes it exactly only with its original "
+                f"frequencies: reload the model, or first run it on a prompt shorter than {r.max_positions} tokens, "
+                "which restores them"
+            )
+
+
 _POSITION_TABLES = ("wpe", "position_embeddings", "embed_positions")
 
 
@@ -191,7 +244,8 @@ def capture(
     attention probabilities; otherwise ``ValueError``. Position ids are the model default
     (``0..n-1``), so pad on the right (as :func:`pad_batches` does): real tokens then keep the
     positions ``0..len-1`` they have in the unpadded prompt, while left padding would shift them
-    by the padding. A NaN/inf in a real token's attention row is a ``ValueError``.
+    by the padding. A NaN/inf in a real token's attention row is a ``ValueError``; so is a prompt
+    longer than a length-dependent RoPE (``dynamic``, ``longrope``) holds its frequencies for.
     """
     impl = getattr(model.config, "_attn_implementation", None)
     if impl != "eager":
@@ -207,6 +261,7 @@ def capture(
             attention_mask = torch.as_tensor(attention_mask)[None]
     check_inputs(model, input_ids)
     B, n = input_ids.shape
+    _check_rope_length(heads, n)
     token_mask = torch.ones(B, n, dtype=torch.bool) if attention_mask is None else torch.as_tensor(attention_mask).bool()
     mods = attention_modules(model)
     if len(mods) != heads.n_layers:
@@ -244,6 +299,7 @@ def capture(
     finally:
         for h in handles:
             h.remove()
+    _check_rope_state(model, heads)
     hidden, attn, visible, cos, sin = [], [], [], [], []
     for i in range(len(mods)):
         r = rec[i]
@@ -263,7 +319,7 @@ def capture(
         if lh.rotary is not None:
             if pe is None:
                 raise RuntimeError(f"layer {i}: RoPE layer received no position_embeddings")
-            c, s = pe
+            c, s = rotate_half_tables(lh.rotary, pe)
             cos.append(c.detach().expand(B, n, -1))
             sin.append(s.detach().expand(B, n, -1))
         else:

@@ -1,15 +1,19 @@
-"""Exact per-head query/key extraction from ``transformers`` models (docs/math.md §3.1, §3.9–§3.12).
+"""Exact per-head query/key extraction from ``transformers`` models (docs/math.md §3.1, §3.9–§3.12, §3.17–§3.21).
 
 :func:`extract_heads` reads, for every attention layer, the query/key maps, biases, rotary
 spec, the module's own attention scale, the GQA key-head mapping, QK-norm gains and the
-sliding window, into frozen dataclasses. Conventions (all heads, all architectures):
+sliding window, into frozen dataclasses; the per-family readers live in
+:mod:`svfcheck.real.families`. Conventions (all heads, all architectures):
 
 - the *raw* query of head h at token x is ``a = W_Q[h]^T x + b_Q[h]`` (``W_Q[h]`` is d×d_h);
   the raw key of key head g is ``b = W_K[g]^T x + b_K[g]``;
-- with QK-norm, ``a -> g_q ⊙ a / rms(a)`` with ``rms(a) = sqrt(mean(a^2) + eps)``;
-- with RoPE (HF rotate-half convention, first ``rotary_dim`` dims), ``a -> R(pos) a``;
-- logit ``ℓ = scale · <a, b>`` after those maps. Query head h uses key head
-  ``h // (n_heads // n_kv_heads)``.
+- with QK-norm, ``a -> g_q ⊙ P a / σ(a)`` with ``P`` the identity (RMSNorm) or the centring
+  ``I − 11ᵀ/d_h`` (LayerNorm), ``σ(a) = sqrt(mean((P a)^2) + eps)`` over the head (or, for
+  OLMo-2, over the token's whole projection);
+- with RoPE (rotate-half convention, first ``rotary_dim`` dims), ``a -> R(pos) a``; models that
+  rotate interleaved pairs have their head coordinates permuted at extraction (§3.18);
+- logit ``ℓ = scale · <a, b>`` after those maps, soft-capped to ``cap·tanh(ℓ/cap)`` where the
+  model does (§3.21). Query head h uses key head ``h // (n_heads // n_kv_heads)``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "architecture_of",
     "attention_modules",
     "cached_heads",
+    "norm_maps",
 ]
 
 #: model_type -> attention module class name (self-attention only).
@@ -41,6 +46,15 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "qwen2": "Qwen2Attention",
     "gemma3_text": "Gemma3Attention",
     "bert": "BertSelfAttention",
+    "gemma2": "Gemma2Attention",
+    "qwen3": "Qwen3Attention",
+    "olmo2": "Olmo2Attention",
+    "phi3": "Phi3Attention",
+    "gptj": "GPTJAttention",
+    "cohere": "CohereAttention",
+    "stablelm": "StableLmAttention",
+    "granite": "GraniteAttention",
+    "smollm3": "SmolLM3Attention",
 }
 
 
@@ -50,6 +64,18 @@ class RotarySpec:
 
     Rotation angle of pair t (t < rotary_dim/2, dims t and t + rotary_dim/2) at position p is
     ``p * inv_freq[t]``; cos and sin are multiplied by ``attention_scaling`` (rotary dims only).
+
+    ``convention`` is the model's own pairing: ``"rotate_half"`` or ``"interleaved"`` (pairs
+    2t, 2t+1: GPT-J, Cohere). svfcheck's head coordinates are always rotate-half: for an
+    interleaved model the extraction permuted the head coordinates (``head_order[c]`` is the
+    model's coordinate of svfcheck's coordinate c; ``None``: identity) and the capture converts
+    the tables (docs/math.md §3.18). ``tables``: the layout of the ``position_embeddings`` the
+    module receives — ``"cos_sin"`` (``(cos, sin)``, rotary_dim wide, in the model's pairing) or
+    ``"sin_cos_half"`` (GPT-J: ``(sin, cos)``, one entry per pair). ``max_positions``: for RoPE
+    whose frequencies change with the prompt length (``dynamic``, ``longrope``), the longest
+    prompt for which ``inv_freq`` holds (docs/math.md §3.20), and ``state_attr`` the rotary
+    module's attribute holding the frequencies it rotates with (checked after every capture);
+    ``None``: any length.
     """
 
     rotary_dim: int
@@ -57,11 +83,22 @@ class RotarySpec:
     attention_scaling: float = 1.0
     rope_type: str = "default"
     convention: str = "rotate_half"
+    tables: str = "cos_sin"
+    head_order: np.ndarray | None = None
+    max_positions: int | None = None
+    state_attr: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class LayerHeads:
-    """Query/key maps of all heads of one attention layer (tensors in the model's dtype)."""
+    """Query/key maps of all heads of one attention layer (tensors in the model's dtype).
+
+    QK-norm (docs/math.md §3.12, §3.19): ``q_gain`` (d_h,) shared by the heads or (n_heads, d_h)
+    per head (``k_gain`` likewise with n_kv_heads); ``norm_center``: LayerNorm's mean
+    subtraction; ``norm_scope``: ``"head"`` (σ over each head's d_h coordinates) or ``"all"``
+    (OLMo-2: over the token's whole projection, one σ shared by its heads). ``softcap``: the
+    logit cap of §3.21, ``None`` without.
+    """
 
     layer: int
     W_Q: torch.Tensor  # (n_heads, d, d_h)
@@ -70,11 +107,22 @@ class LayerHeads:
     b_K: torch.Tensor | None  # (n_kv_heads, d_h)
     scale: float
     rotary: RotarySpec | None
-    q_gain: torch.Tensor | None  # (d_h,) effective QK-norm gain (Gemma: 1 + w)
-    k_gain: torch.Tensor | None
+    q_gain: torch.Tensor | None  # (d_h,) or (n_heads, d_h): effective QK-norm gain (Gemma: 1 + w)
+    k_gain: torch.Tensor | None  # (d_h,) or (n_kv_heads, d_h)
     norm_eps: float | None
     sliding_window: int | None
     causal: bool
+    norm_center: bool = False
+    norm_scope: str = "head"
+    softcap: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.norm_scope not in ("head", "all"):
+            raise ValueError(f"norm_scope must be 'head' or 'all'; got {self.norm_scope!r}")
+        if self.norm_scope == "all" and self.norm_center:
+            raise ValueError("a QK LayerNorm over the whole projection (mean over all heads) is not supported")
+        if self.softcap is not None and not self.softcap > 0:
+            raise ValueError(f"softcap must be positive; got {self.softcap!r}")
 
     @property
     def n_heads(self) -> int:
@@ -99,6 +147,12 @@ class LayerHeads:
     @property
     def qk_norm(self) -> bool:
         return self.q_gain is not None
+
+    @property
+    def norm_shared(self) -> bool:
+        """QK-norm whose map ``g ⊙ ·`` is one diagonal for every head (RMSNorm with a (d_h,) gain:
+        Gemma3, Qwen3): the middle matrix ``G_q R_Δ G_k`` is then shared by the heads."""
+        return self.qk_norm and self.q_gain.dim() == 1 and self.k_gain.dim() == 1 and not self.norm_center
 
     def kv_head(self, head: int | np.ndarray) -> int | np.ndarray:
         """Key head used by query head ``head`` (GQA): ``head // (n_heads // n_kv_heads)``."""
@@ -178,6 +232,22 @@ def rope_matrix(rotary: RotarySpec | None, head_dim: int, deltas) -> torch.Tenso
     return out
 
 
+def norm_maps(lh: LayerHeads) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L_q, L_k)`` float64, each (n_heads, d_h, d_h): the linear part of each query head's
+    QK-norm, ``L = diag(g) P`` (``P = I − 11ᵀ/d_h`` with ``norm_center``, else I), and that of
+    its key head (GQA-mapped), so that the normed query is ``L_q a / σ(a)`` and the middle matrix
+    is ``L_qᵀ R_Δ L_k`` (docs/math.md §3.19)."""
+    H, dh = lh.n_heads, lh.head_dim
+    kv = torch.as_tensor(lh.kv_head(np.arange(H)))
+    P = torch.eye(dh, dtype=torch.float64)
+    if lh.norm_center:
+        P = P - 1.0 / dh
+    gq, gk = lh.q_gain.double(), lh.k_gain.double()
+    gq = gq.expand(H, dh) if gq.dim() == 1 else gq
+    gk = gk.expand(lh.n_kv_heads, dh) if gk.dim() == 1 else gk
+    return gq[:, :, None] * P, gk[kv][:, :, None] * P
+
+
 def _attention_modules(model, cls_name: str) -> list:
     mods = [m for m in model.modules() if type(m).__name__ == cls_name]
     if not mods:
@@ -185,90 +255,11 @@ def _attention_modules(model, cls_name: str) -> list:
     return mods
 
 
-def _split_rows(weight: torch.Tensor, n: int, d_h: int) -> torch.Tensor:
-    """nn.Linear weight (n*d_h, d) -> (n, d, d_h) per-head maps."""
-    return weight.detach().reshape(n, d_h, weight.shape[1]).transpose(1, 2).clone()
-
-
-def _split_bias(bias: torch.Tensor | None, n: int, d_h: int) -> torch.Tensor | None:
-    return None if bias is None else bias.detach().reshape(n, d_h).clone()
-
-
 def _rotary_module(model):
     for m in model.modules():
         if type(m).__name__.endswith("RotaryEmbedding"):
             return m
     raise ValueError(f"no rotary embedding module found in {type(model).__name__}")
-
-
-def _rotary_spec(rot, layer_type: str | None, rotary_dim: int) -> RotarySpec:
-    if layer_type is not None and hasattr(rot, f"{layer_type}_inv_freq"):
-        inv = getattr(rot, f"{layer_type}_inv_freq")
-        scaling = getattr(rot, f"{layer_type}_attention_scaling")
-        rtype = getattr(rot, "rope_type", {}).get(layer_type, "default") if isinstance(getattr(rot, "rope_type", None), dict) else "default"
-    else:
-        inv, scaling, rtype = rot.inv_freq, rot.attention_scaling, getattr(rot, "rope_type", "default")
-    inv = inv.detach().double().cpu().numpy().copy()
-    if 2 * inv.shape[0] != rotary_dim:
-        raise ValueError(f"rotary embedding has {inv.shape[0]} frequencies, expected rotary_dim/2 = {rotary_dim // 2}")
-    if rtype not in ("default", "linear", "llama3", "yarn", "longrope"):
-        raise ValueError(f"RoPE type {rtype!r} is not supported (position-dependent frequencies)")
-    return RotarySpec(rotary_dim=rotary_dim, inv_freq=inv, attention_scaling=float(scaling), rope_type=str(rtype))
-
-
-def _layer(model_type: str, mod, idx: int, config, rot) -> LayerHeads:
-    if model_type == "gpt2":
-        d = mod.embed_dim
-        H, dh = mod.num_heads, mod.head_dim
-        w, b = mod.c_attn.weight.detach(), mod.c_attn.bias  # Conv1D: y = x @ w + b, w (d, 3d)
-        wq = w[:, :d].reshape(d, H, dh).permute(1, 0, 2).clone()
-        wk = w[:, d : 2 * d].reshape(d, H, dh).permute(1, 0, 2).clone()
-        bq = None if b is None else b.detach()[:d].reshape(H, dh).clone()
-        bk = None if b is None else b.detach()[d : 2 * d].reshape(H, dh).clone()
-        return LayerHeads(idx, wq, wk, bq, bk, float(mod.scaling), None, None, None, None, None, True)
-    if model_type == "gpt_neox":
-        dh = mod.head_size
-        w = mod.query_key_value.weight.detach()  # (3d, d), rows per head: [q | k | v] blocks of d_h
-        H = w.shape[0] // (3 * dh)
-        blocks = w.reshape(H, 3, dh, w.shape[1])
-        wq, wk = blocks[:, 0].transpose(1, 2).clone(), blocks[:, 1].transpose(1, 2).clone()
-        b = mod.query_key_value.bias
-        bq = bk = None
-        if b is not None:
-            bb = b.detach().reshape(H, 3, dh)
-            bq, bk = bb[:, 0].clone(), bb[:, 1].clone()
-        rs = _rotary_spec(rot, None, int(mod.rotary_ndims))
-        return LayerHeads(idx, wq, wk, bq, bk, float(mod.scaling), rs, None, None, None, None, True)
-    if model_type in ("llama", "mistral", "qwen2", "gemma3_text"):
-        dh = mod.head_dim
-        H = mod.q_proj.weight.shape[0] // dh
-        Hkv = mod.k_proj.weight.shape[0] // dh
-        wq, wk = _split_rows(mod.q_proj.weight, H, dh), _split_rows(mod.k_proj.weight, Hkv, dh)
-        bq, bk = _split_bias(mod.q_proj.bias, H, dh), _split_bias(mod.k_proj.bias, Hkv, dh)
-        layer_type = getattr(mod, "layer_type", None)
-        rs = _rotary_spec(rot, layer_type, dh)
-        window = getattr(mod, "sliding_window", None)
-        if model_type == "mistral":
-            window = getattr(config, "sliding_window", None)
-        qg = kg = eps = None
-        if model_type == "gemma3_text":
-            qg = (1.0 + mod.q_norm.weight.detach().double()).to(wq.dtype)
-            kg = (1.0 + mod.k_norm.weight.detach().double()).to(wq.dtype)
-            eps = float(mod.q_norm.eps)
-            if float(mod.k_norm.eps) != eps:
-                raise ValueError("q_norm and k_norm eps differ; not supported")
-        causal = bool(getattr(mod, "is_causal", True))
-        return LayerHeads(idx, wq, wk, bq, bk, float(mod.scaling), rs, qg, kg, eps, None if window is None else int(window), causal)
-    if model_type == "bert":
-        dh = mod.attention_head_size
-        H = mod.num_attention_heads
-        pet = getattr(config, "position_embedding_type", "absolute")
-        if pet not in (None, "absolute"):
-            raise ValueError(f"BERT position_embedding_type={pet!r} adds non-bilinear terms; only 'absolute' is supported")
-        wq, wk = _split_rows(mod.query.weight, H, dh), _split_rows(mod.key.weight, H, dh)
-        bq, bk = _split_bias(mod.query.bias, H, dh), _split_bias(mod.key.bias, H, dh)
-        return LayerHeads(idx, wq, wk, bq, bk, float(mod.scaling), None, None, None, None, None, bool(mod.is_causal))
-    raise AssertionError(model_type)  # pragma: no cover
 
 
 def _check_finite(lh: LayerHeads) -> None:
@@ -304,16 +295,19 @@ def attention_modules(model) -> list:
 def extract_heads(model) -> ModelHeads:
     """Extract every attention layer's query/key maps from a ``transformers`` model.
 
-    Raises ``ValueError`` for an unsupported architecture (naming the supported ones) and for
-    NaN/inf weights (naming the layer).
+    Raises ``ValueError`` for an unsupported architecture (naming the supported ones), for an
+    attention option that cannot be decomposed exactly (naming the option) and for NaN/inf
+    weights (naming the layer).
     """
+    from .families import EXTRACTORS, ROPE_FREE
+
     model_type, config = architecture_of(model)
     mods = attention_modules(model)
-    rot = _rotary_module(model) if model_type not in ("gpt2", "bert") else None
+    rot = _rotary_module(model) if model_type not in ROPE_FREE else None
     layers = []
     with torch.no_grad():
         for idx, mod in enumerate(mods):
-            lh = _layer(model_type, mod, idx, config, rot)
+            lh = EXTRACTORS[model_type](mod, idx, config, rot)
             _check_finite(lh)
             if lh.n_heads % lh.n_kv_heads:
                 raise ValueError(f"layer {idx}: {lh.n_heads} query heads not divisible by {lh.n_kv_heads} kv heads")

@@ -2,10 +2,12 @@
 
 Used as an independent oracle in tests and as the "plain loop" baseline in benchmarks. For
 one pair it forms the d×d matrices explicitly: the model's rotation matrices from the
-captured ``cos, sin``, ``Ω_ik = W̃_Q G_q R_iᵀ R_k G_k W̃_Kᵀ``, the basis ``Ω(Δ)`` with ``R_Δ``
+captured ``cos, sin``, ``Ω_ik = W̃_Q L_qᵀ R_iᵀ R_k L_k W̃_Kᵀ``, the basis ``Ω(Δ)`` with ``R_Δ``
 from ``Δ · inv_freq`` built element by element, its SVD (``numpy.linalg.svd``), and the terms
 ``t_r(i,k) = scale · ν_ik · (x̃_iᵀ Ω_ik v_r)(v_rᵀ x̃_k)``; relative contributions come from
-:func:`svfcheck.metrics.relative_contributions`.
+:func:`svfcheck.metrics.relative_contributions`. QK-norm enters as its maps ``L = diag(g) P``
+(per head, with LayerNorm's centring P) and ``ν_ik = 1/(σ(a_i) σ(b_k))`` (σ per head or over
+the token's whole projection), a soft cap as the weights ``κ_ik`` of the relative terms.
 """
 
 from __future__ import annotations
@@ -57,21 +59,47 @@ def rope_delta_reference(inv_freq: np.ndarray, scaling: float, head_dim: int, de
     return R
 
 
+def _norm_parts(lh, head: int, g: int, X: np.ndarray, W_all: tuple) -> tuple:
+    """``(L_q, L_k, σ_q(x_t), σ_k(x_t))`` of one pair's heads: the norm maps ``diag(g) P`` and
+    per-token σ over all tokens t (ones without QK-norm), written out here in numpy."""
+    dh = lh.head_dim
+    if not lh.qk_norm:
+        return np.eye(dh), np.eye(dh), np.ones(X.shape[0]), np.ones(X.shape[0])
+    P = np.eye(dh) - (1.0 / dh if lh.norm_center else 0.0)
+    gq, gk = lh.q_gain.double().numpy(), lh.k_gain.double().numpy()
+    gq = gq if gq.ndim == 1 else gq[head]
+    gk = gk if gk.ndim == 1 else gk[g]
+
+    def sigma(W, h):  # W: (heads, D, dh) augmented maps
+        proj = np.einsum("td,hde->hte", X, W) @ P  # every head's centred projection
+        sq = proj**2
+        return np.sqrt((sq.mean((0, 2)) if lh.norm_scope == "all" else sq[h].mean(-1)) + lh.norm_eps)
+
+    return np.diag(gq) @ P, np.diag(gk) @ P, sigma(W_all[0], head), sigma(W_all[1], g)
+
+
+def _augmented_all(lh, X_aug: bool) -> tuple:
+    wq, wk = lh.W_Q.double().numpy(), lh.W_K.double().numpy()
+    if X_aug:
+        bq = np.zeros((wq.shape[0], lh.head_dim)) if lh.b_Q is None else lh.b_Q.double().numpy()
+        bk = np.zeros((wk.shape[0], lh.head_dim)) if lh.b_K is None else lh.b_K.double().numpy()
+        wq, wk = np.concatenate([wq, bq[:, None]], 1), np.concatenate([wk, bk[:, None]], 1)
+    return wq, wk
+
+
 def reference_pair(heads: ModelHeads, cap: Capture, prompt: int, layer: int, head: int, query: int, key: int, basis: str = "pair") -> PairReference:
-    """Dense float64 decomposition of one pair (see module docstring)."""
+    """Dense float64 decomposition of one pair (see module docstring). With a soft cap the terms
+    are those of the pre-cap logits and the contributions weight key k by ``κ_ik`` (capped over
+    pre-cap logit), docs/math.md §3.21."""
     lh = heads.layer(layer)
     g = lh.kv_head(head)
-    wq = lh.W_Q[head].double().numpy()
-    wk = lh.W_K[g].double().numpy()
     X = cap.hidden[layer][prompt].double().numpy()
     if lh.has_bias:
-        bq = np.zeros(lh.head_dim) if lh.b_Q is None else lh.b_Q[head].double().numpy()
-        bk = np.zeros(lh.head_dim) if lh.b_K is None else lh.b_K[g].double().numpy()
-        wq, wk = np.vstack([wq, bq]), np.vstack([wk, bk])
         X = np.hstack([X, np.ones((X.shape[0], 1))])
+    W_all = _augmented_all(lh, lh.has_bias)
+    wq, wk = W_all[0][head], W_all[1][g]
     dh = lh.head_dim
-    Gq = np.diag(lh.q_gain.double().numpy()) if lh.qk_norm else np.eye(dh)
-    Gk = np.diag(lh.k_gain.double().numpy()) if lh.qk_norm else np.eye(dh)
+    Lq, Lk, sq, sk = _norm_parts(lh, head, g, X, W_all)
     keys = np.flatnonzero(cap.visible[layer][prompt, query].numpy())
     pos = cap.positions[prompt].numpy()
 
@@ -82,19 +110,21 @@ def reference_pair(heads: ModelHeads, cap: Capture, prompt: int, layer: int, hea
 
     delta = (pos[key] - pos[query]) if basis == "pair" else 0
     RD = np.eye(dh) if lh.rotary is None else rope_delta_reference(lh.rotary.inv_freq, lh.rotary.attention_scaling, dh, delta)
-    omega_b = wq @ Gq @ RD @ Gk @ wk.T
+    omega_b = wq @ Lq.T @ RD @ Lk @ wk.T
     U, S, Vh = np.linalg.svd(omega_b)
     U, S, V = U[:, :dh], S[:dh], Vh[:dh].T
     xi = X[query]
     Ri = rot(query)
     terms = np.zeros((len(keys), dh))
     for a, k in enumerate(keys):
-        omega_ik = wq @ Gq @ Ri.T @ rot(k) @ Gk @ wk.T
-        nu = 1.0
-        if lh.qk_norm:
-            qa, ka = wq.T @ xi, wk.T @ X[k]
-            nu = 1.0 / (np.sqrt(np.mean(qa**2) + lh.norm_eps) * np.sqrt(np.mean(ka**2) + lh.norm_eps))
+        omega_ik = wq @ Lq.T @ Ri.T @ rot(k) @ Lk @ wk.T
+        nu = 1.0 / (sq[query] * sk[k])
         for r in range(dh):
             terms[a, r] = lh.scale * nu * (xi @ omega_ik @ V[:, r]) * (V[:, r] @ X[k])
-    c = relative_contributions(terms, int(np.flatnonzero(keys == key)[0]))
-    return PairReference(keys, terms, c, terms.sum(1), U, S, V)
+    logits = terms.sum(1)
+    w = np.ones(len(keys))
+    if lh.softcap is not None:
+        capped = lh.softcap * np.tanh(logits / lh.softcap)
+        w = np.where(logits == 0, 1.0, capped / np.where(logits == 0, 1.0, logits))
+    c = relative_contributions(terms * w[:, None], int(np.flatnonzero(keys == key)[0]))
+    return PairReference(keys, terms, c, logits, U, S, V)

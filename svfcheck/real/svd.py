@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .heads import LayerHeads, ModelHeads, rope_matrix
+from .heads import LayerHeads, ModelHeads, norm_maps, rope_matrix
 
 __all__ = [
     "ROUTES",
@@ -206,13 +206,19 @@ def three_svd(WQ, WK, middle=None, kv_index=None):
 
 def middle_matrix(lh: LayerHeads, delta: int | np.ndarray = 0) -> torch.Tensor | None:
     """``G_q R_Δ G_k`` (float64) for offsets ``delta`` — shape (d_h, d_h) for a scalar, else
-    (n_Δ, d_h, d_h); ``None`` when the layer has neither RoPE nor QK-norm."""
+    (n_Δ, d_h, d_h); ``None`` when the layer has neither RoPE nor QK-norm. A QK-norm that is not
+    one diagonal for every head (per-head gains, LayerNorm's centring; docs/math.md §3.19) gives
+    ``L_q[h]ᵀ R_Δ L_k[h]`` per query head (:func:`~svfcheck.real.heads.norm_maps`): shape
+    (n_heads, d_h, d_h), or (n_Δ, n_heads, d_h, d_h)."""
     if lh.rotary is None and not lh.qk_norm:
         return None
     scalar = np.ndim(delta) == 0
     M = rope_matrix(lh.rotary, lh.head_dim, np.atleast_1d(delta))
-    if lh.qk_norm:
+    if lh.norm_shared:
         M = lh.q_gain.double()[:, None] * M * lh.k_gain.double()[None, :]
+    elif lh.qk_norm:
+        Lq, Lk = norm_maps(lh)
+        M = Lq.transpose(-1, -2)[None] @ M[:, None] @ Lk[None]
     return M[0] if scalar else M
 
 
@@ -224,7 +230,8 @@ def all_heads_svd(
     core_dtype: torch.dtype | None = None,
     dtype: torch.dtype | None = None,
 ) -> HeadsSVD:
-    """SVD of every head's ``Ω̃(Δ) = W̃_Q G_q R_Δ G_k W̃_Kᵀ`` batched over [layer, head].
+    """SVD of every head's ``Ω̃(Δ) = W̃_Q G_q R_Δ G_k W̃_Kᵀ`` batched over [layer, head] (with
+    per-head QK-norm maps ``W̃_Q L_qᵀ R_Δ L_k W̃_Kᵀ``, docs/math.md §3.19).
 
     Requires uniform layers (same shapes); ``dtype`` casts the weights first (default: model
     dtype). ``core_dtype=torch.float64`` does the small core SVD in float64.
@@ -239,7 +246,14 @@ def all_heads_svd(
     lh0 = heads.layers[0]
     kv = torch.as_tensor(lh0.kv_head(np.arange(lh0.n_heads)))
     mids = [middle_matrix(lh, delta) for lh in heads.layers]
-    middle = None if mids[0] is None else torch.stack(mids)[:, None].to(WQ.dtype if core_dtype is None else core_dtype)
+    ref = next((m for m in mids if m is not None), None)
+    if ref is not None:  # a RoPE-free layer among RoPE ones (NoPE): the identity
+        mids = [torch.eye(lh0.head_dim, dtype=torch.float64).expand(ref.shape) if m is None else m for m in mids]
+    if mids[0] is not None:  # (L, 1, d_h, d_h) shared by the heads, or (L, H, d_h, d_h) per head
+        middle = torch.stack(mids)
+        middle = (middle if middle.dim() == 4 else middle[:, None]).to(WQ.dtype if core_dtype is None else core_dtype)
+    else:
+        middle = None
     with torch.no_grad():
         if route in ("cholesky", "qr"):
             U, S, V = factored_svd(WQ, WK, middle, route=route, core_dtype=core_dtype, kv_index=kv)

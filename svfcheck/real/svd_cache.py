@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .heads import ModelHeads
+from .heads import ModelHeads, norm_maps, rope_matrix
 from .svd import core_svd, factor, middle_matrix, safe_singular_values, sign_fix
 from .threads import batched_jobs, batched_map
 
@@ -44,7 +44,10 @@ def _r_factor(W: torch.Tensor, route: str) -> torch.Tensor:
 class LayerFactors:
     """Factorisation of one layer (float64): ``W̃_Q[h] = Q R_q[h]``, ``W̃_K[g] = Q R_k[g]``;
     ``GRkT[h] = G_k R_k[kv(h)]ᵀ`` (with the QK-norm key gain ``G_k``, else ``R_kᵀ``), the
-    key-side factor of ``F = G_k R_kᵀ Ṽ`` shared by the core tables and the summed route."""
+    key-side factor of ``F = G_k R_kᵀ Ṽ`` shared by the core tables and the summed route.
+    With a QK-norm that is not one diagonal for every head (docs/math.md §3.19) ``G_k`` is the
+    key head's ``L_k`` (:func:`~svfcheck.real.heads.norm_maps`) and ``RqL[h] = R_q[h] L_q[h]ᵀ``
+    is the query side of the core ``C(Δ) = RqL R_Δ GRkT`` (else ``None``)."""
 
     R_q: torch.Tensor  # (H, d_h, d_h)
     R_k: torch.Tensor  # (Hkv, d_h, d_h)
@@ -54,6 +57,7 @@ class LayerFactors:
     W_K: torch.Tensor  # (Hkv, D, d_h)
     kv_index: torch.Tensor  # (H,)
     GRkT: torch.Tensor  # (H, d_h, d_h)
+    RqL: torch.Tensor | None = None  # (H, d_h, d_h): per-head QK-norm maps only
 
 
 @dataclass(eq=False)
@@ -141,8 +145,15 @@ class SVDCache:
             Rqi = torch.linalg.solve_triangular(Rq, eye.expand_as(Rq), upper=True)
             Rki = torch.linalg.solve_triangular(Rk, eye.expand_as(Rk), upper=True)
             RkT = Rk[kv].transpose(-1, -2)
-            GRkT = lh.k_gain.double()[None, :, None] * RkT if lh.qk_norm else RkT.contiguous()
-            self._factors[layer] = LayerFactors(Rq, Rk, Rqi, Rki, wq, wk, kv, GRkT)
+            RqL = None
+            if lh.norm_shared:
+                GRkT = lh.k_gain.double()[None, :, None] * RkT
+            elif lh.qk_norm:
+                Lq, Lk = norm_maps(lh)
+                GRkT, RqL = Lk @ RkT, Rq @ Lq.transpose(-1, -2)
+            else:
+                GRkT = RkT.contiguous()
+            self._factors[layer] = LayerFactors(Rq, Rk, Rqi, Rki, wq, wk, kv, GRkT, RqL)
         return self._factors[layer]
 
     def basis(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -261,13 +272,17 @@ class SVDCache:
         dh = f.R_q.shape[-1]
         n = len(ds)
         ud, off = np.unique(np.asarray(ds, dtype=np.int64), return_inverse=True)
-        M = middle_matrix(lh, ud)  # (n_Δ, dh, dh) or None
-        RkT = f.R_k[f.kv_index].transpose(-1, -2)
+        if f.RqL is None:  # M(Δ) shared by the heads: (n_Δ, dh, dh) or None
+            M, Rq, RkT = middle_matrix(lh, ud), f.R_q, f.R_k[f.kv_index].transpose(-1, -2)
+        else:  # per-head QK-norm maps, folded into the factors: C = (R_q L_qᵀ) R_Δ (L_k R_kᵀ)
+            M, Rq, RkT = (None if lh.rotary is None else rope_matrix(lh.rotary, dh, ud)), f.RqL, f.GRkT
 
         def one(hc, oc):
             # the cores C = R_q M(Δ) R_kᵀ of this block only (never the whole batch)
-            Cc = f.R_q[hc] if M is None else f.R_q[hc] @ M[oc]
+            Cc = Rq[hc] if M is None else Rq[hc] @ M[oc]
             Ut, S, Vt = core_svd(Cc @ RkT[hc])
+            if lh.norm_center:  # LayerNorm's centring: one singular value is 0 exactly (docs/math.md §3.19)
+                S[..., -1] = 0.0
             # core sign convention (cheap, no D-sized vector): largest-|.| entry of ũ_r positive
             Ut, Vt = sign_fix(Ut, Vt)
             return Ut, S, Vt, f.GRkT[hc] @ Vt

@@ -7,7 +7,26 @@ import torch
 
 VOCAB = 64
 
+#: Gemma-2's attention logit cap in the tiny config: of the order of the tiny model's largest
+#: logits, so that the cap visibly bends them.
+GEMMA2_CAP = 0.05
+
 ARCHS = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma3_text", "bert")
+
+#: The families added after the first seven, each with its non-default options switched on
+#: (docs/math.md §3.17–§3.21); ``llama-<type>`` are Llama with that ``rope_scaling``.
+NEW_ARCHS = ("granite", "qwen3", "phi3", "stablelm", "smollm3", "llama-llama3", "llama-linear", "llama-yarn",
+             "llama-dynamic", "gptj", "cohere", "olmo2", "gemma2")
+
+#: Llama ``rope_parameters`` of the ``llama-<type>`` configs: each rescales frequencies the
+#: tiny prompts (16 tokens) actually use — the original length is 8 where the type has one.
+ROPE_SCALING = {
+    "llama3": {"rope_type": "llama3", "rope_theta": 100.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8},
+    "linear": {"rope_type": "linear", "rope_theta": 100.0, "factor": 4.0},
+    "yarn": {"rope_type": "yarn", "rope_theta": 100.0, "factor": 8.0, "original_max_position_embeddings": 8},
+    "dynamic": {"rope_type": "dynamic", "rope_theta": 100.0, "factor": 2.0},
+}
 
 
 def tiny_config(arch: str):
@@ -52,6 +71,40 @@ def tiny_config(arch: str):
             vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=64,
         )
+    return _new_config(arch)
+
+
+def _new_config(arch: str):
+    """Tiny configs of :data:`NEW_ARCHS` (GQA 4 query / 2 kv heads unless said otherwise)."""
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    if arch == "granite":  # attention_multiplier instead of 1/sqrt(d_h)
+        return tf.GraniteConfig(**common, attention_multiplier=0.8)
+    if arch == "qwen3":  # per-head QK RMSNorm (gain w), q/k biases
+        return tf.Qwen3Config(**common, head_dim=16, attention_bias=True)
+    if arch == "phi3":  # fused qkv_proj, partial rotary
+        return tf.Phi3Config(**common, partial_rotary_factor=0.5)
+    if arch == "stablelm":  # partial rotary (4 of 16 dims), q/k biases, per-head QK LayerNorm
+        return tf.StableLmConfig(**dict(common, num_attention_heads=2, num_key_value_heads=1),
+                                 partial_rotary_factor=0.25, use_qkv_bias=True, qk_layernorm=True)
+    if arch == "smollm3":  # layer 1 without RoPE (NoPE)
+        return tf.SmolLM3Config(**dict(common, num_hidden_layers=3), no_rope_layers=[1, 0, 1], rope_theta=100.0)
+    if arch.startswith("llama-"):  # rope_scaling; dynamic holds its frequencies up to 16 tokens
+        kind = arch.split("-", 1)[1]
+        return tf.LlamaConfig(**dict(common, max_position_embeddings=16 if kind == "dynamic" else 64),
+                              rope_parameters=dict(ROPE_SCALING[kind]))
+    if arch == "gptj":  # interleaved rotary on the first 4 of 8 dims
+        return tf.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64,
+                             bos_token_id=0, eos_token_id=0)
+    if arch == "cohere":  # interleaved rotary, per-head QK LayerNorm, q/k biases
+        return tf.CohereConfig(**common, use_qk_norm=True, attention_bias=True, rope_theta=100.0)
+    if arch == "olmo2":  # QK RMSNorm over the whole projection, q/k biases
+        return tf.Olmo2Config(**common, attention_bias=True)
+    if arch == "gemma2":  # logit soft-cap small enough to bite, sliding window on layer 0
+        return tf.Gemma2Config(**common, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+                               attn_logit_softcapping=GEMMA2_CAP, layer_types=["sliding_attention", "full_attention"])
     raise KeyError(arch)
 
 

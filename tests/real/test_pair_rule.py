@@ -11,7 +11,7 @@ from svfcheck.real.decompose import top_attended_pairs
 from svfcheck.real.heads import extract_heads
 from svfcheck.tasks.selection import top_key_pairs
 
-ARCHS = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma3_text", "bert")
+ARCHS = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma3_text", "bert", "gemma2", "smollm3", "gptj")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -16,7 +16,8 @@ head, terms as ``α_ir s_r β_kr`` for all tokens at once (cost ≈ the attentio
 forward pass). Other layers (RoPE, QK-norm) take the *summed* route by default: what is
 reported needs the other keys only through ``Σ_k t_r(i, k)``, which is bilinear in key-side
 data and so is summed over keys before the pair's basis is applied; ``per_key=True`` forms
-every key's d_h terms instead (also used for ``keep_key_terms``). Both give the same numbers
+every key's d_h terms instead (also used for ``keep_key_terms``, and always for layers with
+a logit soft-cap, whose terms are those of the pre-cap logit: docs/math.md §3.21). Both give the same numbers
 to rounding (tested); the summed route is ~5× cheaper on SmolLM2 (its per-pair loops
 compiled, :mod:`svfcheck.real.kernels`; pairs sharing a basis with many others in their
 (prompt, head) sum their keys in that basis once; each layer's pairs in one pass).

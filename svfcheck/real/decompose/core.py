@@ -65,7 +65,8 @@ def decompose(
     Returns:
         The :class:`~svfcheck.real.decompose.Decomposition`, per pair in the order of
         ``pairs``: ``terms``, ``contributions``, ``singular_values`` (P, R);
-        ``logit``, ``relative_attention``, ``attention``, ``rolls_tovee``, ``k`` (−1 where
+        ``logit`` (pre-cap), ``capped_logit`` (after a soft cap, docs/math.md §3.21; = ``logit``
+        without one), ``relative_attention``, ``attention``, ``rolls_tovee``, ``k`` (−1 where
         relative attention ≤ 0), ``n_keys``, ``reconstruction_error``, ``term_abs_max``
         (P,); ``keys``: P arrays (m_p,) of visible key positions. With ``controls``:
         ``contributions_rotated``, ``contributions_paper_control`` (P, R) and

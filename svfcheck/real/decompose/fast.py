@@ -37,6 +37,7 @@ def _fast_layer(plan: LayerPlan, out: _Out) -> None:
     lg_abs = (sc * (alpha.abs() * S[None, :, None, :]) @ beta.abs().transpose(-1, -2))[b, h, i]
     out.amax[idx] = lg_abs.masked_fill(~vrow, 0.0).amax(-1).numpy()
     out.logit[idx] = lg[torch.arange(len(b)), j].numpy()
+    out.capped[idx] = out.logit[idx]  # no soft cap on this route (plan._route)
     out.att[idx] = att[torch.arange(len(b)), j].numpy()
     if out.key_terms is not None:
         for q, p in enumerate(idx):

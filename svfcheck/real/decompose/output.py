@@ -34,6 +34,7 @@ class _Out:
         z = lambda *s: np.zeros(s)  # noqa: E731
         self.terms, self.c, self.S = z(P, R), z(P, R), z(P, R)
         self.logit, self.err, self.att = z(P), z(P), z(P)
+        self.capped = z(P)  # the logit after a soft cap (= logit without one)
         self.amax = z(P)  # max over visible keys of Σ_r |t_r(i, k)|
         self.cr = z(P, R) if controls else None
         self.cp = z(P, R) if controls else None
@@ -69,6 +70,7 @@ class _Out:
             basis=basis,
             attention=self.att,
             logit=self.logit,
+            capped_logit=self.capped,
             relative_attention=self.rel,
             terms=self.terms,
             contributions=self.c,

@@ -34,12 +34,25 @@ def _rows(t: torch.Tensor, h: int, inv: torch.Tensor) -> torch.Tensor:
     return t.view(H * T, -1).index_select(0, inv + h * T).view(len(inv), *t.shape[2:])
 
 
+def _cap(lg: torch.Tensor, cap: float | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(κ, capped logits)`` of pre-cap logits ``lg`` under the soft cap ``cap·tanh(ℓ/cap)``:
+    ``κ = capped/ℓ`` ∈ (0, 1] (1 at ℓ = 0), the positive factor by which the cap scales all
+    of a logit's terms (docs/math.md §3.21); ``(None, lg)`` without a cap."""
+    if cap is None:
+        return None, lg
+    lc = cap * torch.tanh(lg / cap)
+    kappa = torch.where(lg == 0, torch.ones_like(lg), lc / torch.where(lg == 0, torch.ones_like(lg), lg))
+    return kappa, lc
+
+
 def _per_key_layer(plan: LayerPlan, out: _Out) -> None:
-    """Per-pair basis (RoPE offsets) and/or per-key QK-norm factors.
+    """Per-pair basis (RoPE offsets) and/or per-key QK-norm factors; soft-capped layers.
 
     Pairs are grouped by (prompt, head) so every per-key product is one GEMM over all keys:
     ``λ_pkr = x̃_iᵀΩ(Δ_k)v_r = cos_k·(q̂_p⊙F_pr) − sin_k·(rot(q̂_p)⊙F_pr)`` with
-    ``F_pr = G_k R_kᵀ ṽ_r`` and ``β_pkr = v_rᵀx̃_k = z_k·ṽ_r``.
+    ``F_pr = G_k R_kᵀ ṽ_r`` and ``β_pkr = v_rᵀx̃_k = z_k·ṽ_r``. With a logit cap the terms are
+    those of the pre-cap logit; relative attention and both controls weight key k's terms by
+    ``κ_ik`` (:func:`_cap`), and the gate compares the capped logits (docs/math.md §3.21).
     """
     lh, pairs, cap, dtype, rd = plan.lh, plan.pairs, plan.cap, plan.dtype, plan.rd
     L = layer_inputs(plan)
@@ -78,14 +91,18 @@ def _per_key_layer(plan: LayerPlan, out: _Out) -> None:
         vf = vrow.to(dtype)
         m = vf.sum(-1)
         tj = t[ar, j]
+        lg = t.sum(-1)  # the (pre-cap) logits
+        kappa, lc = _cap(lg, lh.softcap)
+        wv = vf if kappa is None else vf * kappa  # each key's weight in the relative terms: κ_ik
+        kj = 1.0 if kappa is None else kappa[ar, j][:, None]
         out.terms[ii] = tj.numpy()
-        out.c[ii] = _rel(tj, torch.einsum("pkr,pk->pr", t, vf), m).numpy()
+        out.c[ii] = _rel(kj * tj, torch.einsum("pkr,pk->pr", t, wv), m).numpy()
         out.S[ii] = S.numpy()
-        lg = t.sum(-1)
         att = cap.attn[b0, h0, i].to(dtype)
-        out.err[ii] = _gate(lg, vrow, att).numpy()
+        out.err[ii] = _gate(lc, vrow, att).numpy()
         out.amax[ii] = t.abs().sum(-1).masked_fill(~vrow, 0.0).amax(-1).numpy()
         out.logit[ii] = lg[ar, j].numpy()
+        out.capped[ii] = lc[ar, j].numpy()
         out.att[ii] = att[ar, j].numpy()
         if out.key_terms is not None:
             for q, p in enumerate(ii):
@@ -100,12 +117,12 @@ def _per_key_layer(plan: LayerPlan, out: _Out) -> None:
                 tr *= nu[..., None]
             else:
                 tr.mul_(lh.scale)
-            out.cr[ii] = _rel(tr[ar, j], torch.einsum("pkr,pk->pr", tr, vf), m).numpy()
+            out.cr[ii] = _rel(kj * tr[ar, j], torch.einsum("pkr,pk->pr", tr, wv), m).numpy()
             del tr
             mu = (Y[b0, h0, i][:, None, :] @ Ut)[:, 0]  # (P, R): u_rᵀ x̃_i
             # paper control is linear in the key side: relative key vector first, then rotate
-            wv = nu * vf if lh.qk_norm else lh.scale * vf
+            wv = nu * wv if lh.qk_norm else lh.scale * wv
             nj = nu[ar, j] if lh.qk_norm else torch.full((P,), lh.scale, dtype=dtype)
-            bj = nj[:, None] * beta[ar, j]
+            bj = kj * nj[:, None] * beta[ar, j]
             rel = _rel(bj, torch.einsum("pkr,pk->pr", beta, wv), m)
             out.cp[ii] = ((mu @ Q1) * S * (rel @ Q2)).numpy()

@@ -112,6 +112,11 @@ def plan_layers(heads: ModelHeads, cap: Capture, pairs: Pairs, cache: SVDCache, 
 
 
 def _route(lh: LayerHeads, opts: Options) -> str:
+    """Soft-capped layers always take the per-key route: the cap's factor κ_ik depends on the
+    query and the key together, so the keys cannot be summed before the basis is applied
+    (docs/math.md §3.21)."""
+    if lh.softcap is not None:
+        return "per_key"
     if opts.method == "auto" and lh.rotary is None and not lh.qk_norm:
         return "fast"
     return "per_key" if opts.per_key else "summed"
@@ -147,10 +152,13 @@ def _read_cache(cache: SVDCache, plan: LayerPlan, request: CoreRequest | None) -
 
 @dataclass(frozen=True, eq=False)
 class LayerInputs:
-    """What both RoPE / QK-norm routes read of one layer's tokens, in the plan's dtype: raw
-    queries ``A`` (B, H, n, d_h; with the QK-norm query gain applied) and keys ``K``
-    (B, Hkv, n, d_h), ``Z = Q_kᵀx̃`` (B, Hkv, n, d_h), ``Y = Q_qᵀx̃`` (B, H, n, d_h; paper
-    control only) and with QK-norm the rms of the queries ``rq`` (B, H, n) and keys ``rk``."""
+    """What both RoPE / QK-norm routes read of one layer's tokens, in the plan's dtype: queries
+    ``A`` (B, H, n, d_h; raw, or with QK-norm ``L_q a = g ⊙ P a``, the normed query before its
+    1/σ) and keys ``K`` (B, Hkv, n, d_h; raw, or with QK-norm ``P b``, centred for a LayerNorm,
+    without gain), ``Z = Q_kᵀx̃`` (B, Hkv, n, d_h), ``Y = Q_qᵀx̃`` (B, H, n, d_h; paper control
+    only) and with QK-norm the per-token σ of the queries ``rq`` (B, H, n) and keys ``rk``
+    (B, Hkv, n) — per head, or shared by a token's heads with ``norm_scope="all"``
+    (docs/math.md §3.12, §3.19)."""
 
     A: torch.Tensor
     K: torch.Tensor
@@ -168,9 +176,18 @@ def layer_inputs(plan: LayerPlan) -> LayerInputs:
     Y = A @ f.R_q_inv.to(dtype) if plan.rotations is not None else None  # Q_qᵀ x̃
     rq = rk = None
     if lh.qk_norm:
-        rq, rk = _rms(A, lh.norm_eps), _rms(K, lh.norm_eps)
-        A = A * lh.q_gain.to(dtype)
+        if lh.norm_center:  # LayerNorm: P = I − 11ᵀ/d_h (Z and Y above stay raw: P is folded into F)
+            A, K = A - A.mean(-1, keepdim=True), K - K.mean(-1, keepdim=True)
+        rq, rk = _rms(A, lh.norm_eps, lh.norm_scope), _rms(K, lh.norm_eps, lh.norm_scope)
+        A = A * head_gain(lh.q_gain, dtype)
     return LayerInputs(A, K, Z, Y, rq, rk)
+
+
+def head_gain(g: torch.Tensor, dtype) -> torch.Tensor:
+    """A QK-norm gain in ``dtype``, broadcastable against (B, heads, n, d_h): (d_h,) shared by the
+    heads, or (heads, d_h) per head."""
+    g = g.to(dtype)
+    return g if g.dim() == 1 else g[:, None, :]
 
 
 def _aug(X: torch.Tensor, lh: LayerHeads, dtype) -> torch.Tensor:
@@ -181,7 +198,11 @@ def _aug(X: torch.Tensor, lh: LayerHeads, dtype) -> torch.Tensor:
     return X
 
 
-def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+def _rms(x: torch.Tensor, eps: float, scope: str = "head") -> torch.Tensor:
+    """σ (B, heads, n) of ``x`` (B, heads, n, d_h): over each head's coordinates, or with
+    ``scope="all"`` over the token's whole projection (all heads), shared by its heads."""
+    if scope == "all":
+        return torch.sqrt(x.pow(2).mean((1, 3)) + eps)[:, None, :].expand(x.shape[:3])
     return torch.sqrt(x.pow(2).mean(-1) + eps)
 
 

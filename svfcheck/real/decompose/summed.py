@@ -13,7 +13,7 @@ from ..svd import safe_singular_values
 from .key_sums import _key_side
 from .layout import _pair_order
 from .output import _Out, _rel
-from .plan import LayerPlan, layer_inputs
+from .plan import LayerPlan, head_gain, layer_inputs
 from .rope import RopeTables, _rope_rows
 from .rotary_sums import _rotary_sums
 
@@ -56,7 +56,7 @@ def _summed_layer(plan: LayerPlan, out: _Out) -> None:
     Ut_all, S_all, Vt_all, F_all = plan.cached.tables
     controls = plan.rotations is not None
     if lh.qk_norm:
-        Kn = L.K * lh.k_gain.to(dtype) / rk[..., None]  # the model's normed key
+        Kn = L.K * head_gain(lh.k_gain, dtype) / rk[..., None]  # the model's normed key
         Wz = Z / rk[..., None]  # key weight 1/rms(k_k) folded into z_k
     else:
         Kn, Wz = L.K, Z
@@ -133,6 +133,7 @@ def _summed_layer(plan: LayerPlan, out: _Out) -> None:
     out.err[ii] = err
     out.amax[ii] = np.maximum(a_row, tj.abs().sum(-1).numpy())
     out.logit[ii] = lg_j.numpy()
+    out.capped[ii] = out.logit[ii]  # no soft cap on this route (plan._route)
     out.att[ii] = att[torch.arange(P), j].numpy()
     if controls:
         Qb, Q1, Q2 = plan.rotations

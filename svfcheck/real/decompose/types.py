@@ -35,7 +35,10 @@ class Decomposition:
     """Per-pair results (arrays of length P; ``(P, R)`` for per-term arrays, R = d_h).
 
     ``terms``: t_r(i, j) (SVD order); ``contributions``: c_r(j) (relative attention terms);
-    ``logit`` = Σ terms (scaled, with the QK-norm factor); ``relative_attention`` = Σ c;
+    ``logit`` = Σ terms (scaled, with the QK-norm factor); ``capped_logit``: the logit after the
+    layer's soft cap ``cap·tanh(logit/cap)`` (Gemma-2; equal to ``logit`` without a cap: the
+    terms always sum to the pre-cap logit, while relative attention and the gate use the
+    capped one, docs/math.md §3.21); ``relative_attention`` = Σ c;
     ``attention``: the model's a_ij; ``keys``: visible key positions per pair; ``k`` is -1
     where ``relative_attention <= 0`` (undefined); Rolls–Tovee is NaN for an all-zero row. ``reconstruction_error`` per pair is the
     max over visible keys of |log_softmax(reconstructed logits) − log(model attention)|; in the
@@ -68,6 +71,7 @@ class Decomposition:
     max_reconstruction_error: float
     key_terms: tuple[np.ndarray, ...] | None = None  # per pair (m, R) when requested
     term_abs_max: np.ndarray | None = None  # per pair: max over visible keys k of Σ_r |t_r(i, k)|
+    capped_logit: np.ndarray | None = None  # per pair: the logit after a soft cap (= logit without one)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class DecomposeOptions:
             pair; the gate then compares the per-key reconstructed logits themselves) instead
             of the default summed route, which needs the other keys only through their sum
             (about 4× fewer operations on SmolLM2; same numbers to rounding, tested).
+            Soft-capped layers always take the per-key route (docs/math.md §3.21).
         chunk: pairs per batch in the per-key route (default: about 4M elements per tensor).
         threads: how many layers are decomposed side by side, each on one thread (``None``:
             every core this process may use, :func:`~svfcheck.real.threads.svd_workers`; ``1``:
