@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .heads import LayerHeads, RotarySpec
+from .head_types import LayerHeads, RotarySpec
 
 __all__ = ["EXTRACTORS", "ROPE_FREE", "ROPE_TYPES"]
 

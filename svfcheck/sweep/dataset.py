@@ -49,9 +49,10 @@ def duplicate_checkpoints(results: list[tuple[Any, dict]]) -> list[dict]:
     return out
 
 
-def _row(kind, series, analysis, seed, step, role, metric, value, low=None, high=None, n=None, sha=None,
-         excluded=False) -> dict:
+def _row(where: tuple, role, metric, value, low=None, high=None, n=None, sha=None, excluded=False) -> dict:
+    """One row; ``where`` = (kind, series, analysis, seed, step)."""
     f = (lambda x: None if x is None else float(x))
+    kind, series, analysis, seed, step = where
     return {"kind": kind, "series": series, "analysis": analysis, "seed": seed, "step": step, "role": role,
             "metric": metric, "value": f(value), "low": f(low), "high": f(high), "n": n, "weights_sha256": sha,
             "excluded": bool(excluded)}
@@ -65,14 +66,14 @@ def _summary_rows(kind, p: dict, r: dict, excluded: bool) -> list[dict]:
         for m in _INTERVALS:
             if m in s:
                 e = s[m]
-                rows.append(_row(*key, role, m, e["estimate"], e["low"], e["high"], e["n"], sha, excluded))
+                rows.append(_row(key, role, m, e["estimate"], e["low"], e["high"], e["n"], sha, excluded))
         for m in _SCALARS:
             if s.get(m) is not None:
-                rows.append(_row(*key, role, m, s[m], n=s["n_pairs"], sha=sha, excluded=excluded))
+                rows.append(_row(key, role, m, s[m], n=s["n_pairs"], sha=sha, excluded=excluded))
     for h in r["per_head"]:
         for m in _HEAD:
-            rows.append(_row(*key, f"L{h['layer']}H{h['head']}", m, h[m], n=h["n_pairs"], sha=sha, excluded=excluded))
-    rows.append(_row(*key, "overall", "max_reconstruction_error", r["max_reconstruction_error"], sha=sha,
+            rows.append(_row(key, f"L{h['layer']}H{h['head']}", m, h[m], n=h["n_pairs"], sha=sha, excluded=excluded))
+    rows.append(_row(key, "overall", "max_reconstruction_error", r["max_reconstruction_error"], sha=sha,
                      excluded=excluded))
     return rows
 
@@ -96,9 +97,9 @@ def _contrast_rows(groups: dict, excluded: set) -> list[dict]:
                 continue
             for name, e in [("s_svd_difference", c[role]["s_svd_difference"])] + [
                     (f"effect_difference_{k}", v) for k, v in sorted(c[role]["effect_difference"].items())]:
-                rows.append(_row("contrast", series, analysis, seed, steps[-1], role, name, e["estimate"], e["low"],
+                rows.append(_row(("contrast", series, analysis, seed, steps[-1]), role, name, e["estimate"], e["low"],
                                  e["high"], e["n"]))
-            rows.append(_row("contrast", series, analysis, seed, steps[-1], role, "first_step", steps[0]))
+            rows.append(_row(("contrast", series, analysis, seed, steps[-1]), role, "first_step", steps[0]))
     return rows
 
 
@@ -118,15 +119,15 @@ def rows_from_results(results: list[tuple[Any, dict]], duplicates: list[dict]) -
             for e in r["curve"]:
                 for m in ("eval_loss", "induction_accuracy"):
                     if e.get(m) is not None:
-                        rows.append(_row("train", p["series"], None, None, e["step"], "task", m, e[m],
+                        rows.append(_row(("train", p["series"], None, None, e["step"]), "task", m, e[m],
                                          excluded=(p["series"], e["step"]) in excluded))
         elif t.kind == "spec":
             model = r["model"]["model"]
             for c in r["conditions"]:
                 for m in ("measured", "threshold", "baseline_measured"):
                     if c.get(m) is not None:
-                        rows.append(_row("spec", model, p["analysis"], p["seed"], None, c["condition"], m, c[m]))
-                rows.append(_row("spec", model, p["analysis"], p["seed"], None, c["condition"], "passed",
+                        rows.append(_row(("spec", model, p["analysis"], p["seed"], None), c["condition"], m, c[m]))
+                rows.append(_row(("spec", model, p["analysis"], p["seed"], None), c["condition"], "passed",
                                  1.0 if c["passed"] else 0.0))
     rows += _contrast_rows(groups, excluded)
     order = [k for k, _ in SCHEMA_FIELDS]
