@@ -14,14 +14,13 @@ without loading torch. The file format is documented in
 
 from __future__ import annotations
 
-import math
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..real.settings import SADSettings
+from ..tomltables import TableError, TableReader, read_toml, show as _show, tname as _tname
 
 __all__ = [
     "SpecError",
@@ -56,17 +55,16 @@ MAX_MARGIN = 0.5  # S and its differences lie in [-1, 1]; a margin >= 0.5 cannot
 MIN_PAIRS_FLOOR = 1
 
 
-class SpecError(ValueError):
+class SpecError(TableError):
     """A spec file is malformed, incomplete or asks for something impossible.
 
     ``file`` and ``key`` (dotted, e.g. ``condition[1].bound``; ``None`` for the whole file)
     are kept as attributes; the message has the form ``FILE: KEY: problem; expected FORM``.
     """
 
-    def __init__(self, file: str | Path, key: str | None, problem: str, expected: str | None = None):
-        self.file, self.key, self.problem, self.expected = str(file), key, problem, expected
-        msg = f"{file}: " + (f"{key}: " if key else "") + problem + (f"; expected {expected}" if expected else "")
-        super().__init__(msg)
+
+class _Reader(TableReader):
+    error = SpecError
 
 
 @dataclass(frozen=True)
@@ -142,114 +140,6 @@ class Spec:
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers
-
-
-class _Reader:
-    """Typed access to one TOML table; every problem becomes a SpecError naming the dotted key."""
-
-    def __init__(self, file: Path, prefix: str, table: Any, allowed: Iterable[str]):
-        self.file, self.prefix = file, prefix
-        if not isinstance(table, dict):
-            raise SpecError(file, prefix, f"is a {_tname(table)}", f"a table [{prefix}]" if "[" not in prefix else "a table")
-        allowed = tuple(allowed)
-        unknown = sorted(set(table) - set(allowed))
-        if unknown:
-            raise SpecError(file, self.key(unknown[0]), "unknown key", "one of " + ", ".join(allowed))
-        self.table = table
-
-    def key(self, k: str) -> str:
-        return f"{self.prefix}.{k}" if self.prefix else k
-
-    def err(self, k: str, problem: str, expected: str | None = None) -> SpecError:
-        return SpecError(self.file, self.key(k), problem, expected)
-
-    def has(self, k: str) -> bool:
-        return k in self.table
-
-    def str_(self, k: str, default: Any = ..., choices: tuple[str, ...] | None = None) -> Any:
-        form = "one of " + ", ".join(repr(c) for c in choices) if choices else "a string"
-        v = self._get(k, default, form)
-        if v is default and k not in self.table:
-            return v
-        if not isinstance(v, str):
-            raise self.err(k, f"got {_show(v)}", form)
-        if choices and v not in choices:
-            raise self.err(k, f"got {v!r}", form)
-        if not choices and not v.strip():
-            raise self.err(k, "is empty", "a non-empty string")
-        return v
-
-    def bool_(self, k: str, default: Any = ...) -> Any:
-        v = self._get(k, default, "true or false")
-        if k in self.table and not isinstance(v, bool):
-            raise self.err(k, f"got {_show(v)}", "true or false")
-        return v
-
-    def int_(self, k: str, default: Any = ..., lo: int | None = None, hi: int | None = None) -> Any:
-        form = _range_form("an integer", lo, hi)
-        v = self._get(k, default, form)
-        if k not in self.table:
-            return v
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.err(k, f"got {_show(v)}", form)
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise self.err(k, f"got {v}, out of range", form)
-        return v
-
-    def float_(self, k: str, default: Any = ..., lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False, hi_open: bool = False) -> Any:
-        form = _range_form("a number", lo, hi, lo_open, hi_open)
-        v = self._get(k, default, form)
-        if k not in self.table:
-            return v
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self.err(k, f"got {_show(v)}", form)
-        v = float(v)
-        bad = (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi)))
-        if bad:
-            raise self.err(k, f"got {v:g}, impossible threshold", form)
-        return v
-
-    def heads(self, k: str) -> tuple[tuple[int, int], ...]:
-        v = self.table[k]
-        form = "a non-empty list of [layer, head] pairs of integers >= 0, e.g. [[0, 3], [9, 6]]"
-        if not isinstance(v, list) or not v:
-            raise self.err(k, f"got {_show(v)}", form)
-        out = []
-        for i, h in enumerate(v):
-            ok = isinstance(h, list) and len(h) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in h)
-            if not ok:
-                raise SpecError(self.file, f"{self.key(k)}[{i}]", f"got {_show(h)}", form)
-            out.append((h[0], h[1]))
-        if len(set(out)) != len(out):
-            raise self.err(k, "lists a head twice", form + " without repeats")
-        return tuple(out)
-
-    def _get(self, k: str, default: Any, form: str) -> Any:
-        if k in self.table:
-            return self.table[k]
-        if default is ...:
-            raise self.err(k, "missing required key", form)
-        return default
-
-
-def _tname(v: Any) -> str:
-    return {dict: "table", list: "list", str: "string", bool: "boolean", int: "integer", float: "number"}.get(type(v), type(v).__name__)
-
-
-def _show(v: Any) -> str:
-    r = repr(v)
-    return f"{_tname(v)} {r if len(r) < 60 else r[:57] + '...'}"
-
-
-def _range_form(what: str, lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
-    if lo is not None and hi is not None:
-        return f"{what} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{what} {'>' if lo_open else '>='} {lo:g}"
-    if hi is not None:
-        return f"{what} {'<' if hi_open else '<='} {hi:g}"
-    return what
 
 
 def _required_table(file: Path, doc: dict, name: str, form: str) -> dict:
@@ -392,14 +282,7 @@ TOP_KEYS = ("name", "description", "model", "task", "pairs", "analysis", "baseli
 def load_spec(path: str | Path) -> Spec:
     """Parse and validate one spec file; :class:`SpecError` on any problem."""
     file = Path(path)
-    if not file.is_file():
-        raise SpecError(file, None, "no such file", "a path to a .toml analysis spec")
-    try:
-        doc = tomllib.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise SpecError(file, None, f"is not UTF-8 text ({e})", "a TOML file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(file, None, f"malformed TOML: {e}", "valid TOML (https://toml.io)") from None
+    doc = read_toml(file, SpecError, "a path to a .toml analysis spec")
     top = _Reader(file, "", doc, TOP_KEYS)
     name = top.str_("name", file.stem)
     description = top.str_("description", "")

@@ -11,10 +11,11 @@ the key and the expected form, before any work starts.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from ..tomltables import TableError, TableReader, read_toml, show, tname
 
 __all__ = ["PlanError", "Resources", "SeriesPlan", "AnalysisPlan", "Plan", "load_plan", "STEP_CHOICES"]
 
@@ -24,13 +25,8 @@ MAX_SEEDS = 1000
 MAX_RETRIES = 10
 
 
-class PlanError(ValueError):
+class PlanError(TableError):
     """A problem with a plan file: ``file: key: problem; expected ...``."""
-
-    def __init__(self, file: str | Path, key: str | None, problem: str, expected: str | None = None):
-        self.file, self.key = str(file), key
-        where = f"{file}: {key}: " if key else f"{file}: "
-        super().__init__(where + problem + (f"; expected {expected}" if expected else ""))
 
 
 @dataclass(frozen=True)
@@ -91,63 +87,27 @@ class Plan:
         }
 
 
-def _tname(v: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
-            dict: "a table"}.get(type(v), type(v).__name__)
+class _T(TableReader):
+    """One table of a plan (the shared checked TOML reader, :mod:`svfcheck.tomltables`)."""
 
-
-class _T:
-    """Reads one table, refusing unknown keys."""
-
-    def __init__(self, file: Path, prefix: str, table: Any, allowed: tuple[str, ...]):
-        self.file, self.prefix = file, prefix
-        if not isinstance(table, dict):
-            raise PlanError(file, prefix, f"is {_tname(table)}", "a table")
-        unknown = sorted(set(table) - set(allowed))
-        if unknown:
-            raise PlanError(file, self.key(unknown[0]), "unknown key", "one of " + ", ".join(allowed))
-        self.t = table
-
-    def key(self, k: str) -> str:
-        return f"{self.prefix}.{k}" if self.prefix else k
-
-    def err(self, k: str, problem: str, expected: str) -> PlanError:
-        return PlanError(self.file, self.key(k), problem, expected)
+    error = PlanError
 
     def name(self, k: str = "name") -> str:
-        v = self.t.get(k)
+        v = self.table.get(k)
         if not isinstance(v, str) or not _NAME.fullmatch(v):
             raise self.err(k, "missing" if v is None else f"got {v!r}",
                            "a name of letters, digits, '.', '_' or '-' (at most 64 characters)")
         return v
 
-    def str_(self, k: str, default: Any = None) -> Any:
-        v = self.t.get(k, default)
-        if v is not default and not isinstance(v, str):
-            raise self.err(k, f"is {_tname(v)}", "a string")
-        return v
-
-    def num(self, k: str, default: float, lo: float, lo_open: bool, hi: float) -> float:
-        v = self.t.get(k, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > lo if lo_open else v >= lo) or v > hi:
-            raise self.err(k, f"got {v!r}", f"a number {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
-        return float(v)
-
-    def int_(self, k: str, default: int, lo: int, hi: int) -> int:
-        v = self.t.get(k, default)
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise self.err(k, f"got {v!r}", f"a whole number in [{lo}, {hi}]")
-        return v
-
 
 def _resources(file: Path, t: Any) -> Resources:
     r = _T(file, "resources", t, ("num_cpus", "num_gpus", "max_retries"))
-    return Resources(r.num("num_cpus", 1.0, 0.0, True, 256.0), r.num("num_gpus", 0.0, 0.0, False, 64.0),
-                     r.int_("max_retries", 2, 0, MAX_RETRIES))
+    return Resources(r.float_("num_cpus", 1.0, lo=0.0, hi=256.0, lo_open=True), r.float_("num_gpus", 0.0, lo=0.0, hi=64.0),
+                     r.int_("max_retries", 2, lo=0, hi=MAX_RETRIES))
 
 
 def _steps(r: _T) -> str | tuple[int, ...]:
-    v = r.t.get("steps", "all")
+    v = r.table.get("steps", "all")
     if isinstance(v, str):
         if v not in STEP_CHOICES:
             raise r.err("steps", f"got {v!r}", f"one of {STEP_CHOICES} or a list of steps")
@@ -160,7 +120,7 @@ def _steps(r: _T) -> str | tuple[int, ...]:
 
 def _series(file: Path, i: int, t: Any) -> SeriesPlan:
     r = _T(file, f"series[{i}]", t, ("name", "preset", "train", "source", "steps"))
-    name, preset, source = r.name(), r.str_("preset"), r.str_("source")
+    name, preset, source = r.name(), r.str_("preset", None), r.str_("source", None)
     if (preset is None) == (source is None):
         raise r.err("preset", "give exactly one of preset and source",
                     'preset = "induction-gpt2" (trained here) or source = "run:DIR" / "folder:DIR" / a manifest / '
@@ -171,16 +131,16 @@ def _series(file: Path, i: int, t: Any) -> SeriesPlan:
 
         if preset not in PRESETS:
             raise r.err("preset", f"got {preset!r}", "one of " + ", ".join(sorted(PRESETS)))
-        tt = _T(file, r.key("train"), r.t.get("train", {}), tuple(
+        tt = _T(file, r.key("train"), r.table.get("train", {}), tuple(
             f.name for f in fields(LMTrainConfig) if f.name not in ("preset", "model", "task")))
-        train = dict(tt.t)
+        train = dict(tt.table)
         try:
             from ..emergence.config import preset as make
 
             make(preset, **train)
         except (TypeError, ValueError) as e:
             raise r.err("train", str(e), "overrides that LMTrainConfig accepts") from None
-    elif "train" in r.t:
+    elif "train" in r.table:
         raise r.err("train", "only applies to a preset series", "no train table, or preset = ...")
     if source is not None and not re.match(r"(pythia|hub):", source):
         p = Path(source.split(":", 1)[1] if re.match(r"(run|folder):", source) else source)
@@ -192,13 +152,13 @@ def _series(file: Path, i: int, t: Any) -> SeriesPlan:
 
 def _analysis(file: Path, i: int, t: Any, series_names: set[str]) -> AnalysisPlan:
     r = _T(file, f"analysis[{i}]", t, ("name", "task", "settings", "series", "spec"))
-    name, task, spec = r.name(), r.str_("task"), r.str_("spec")
+    name, task, spec = r.name(), r.str_("task", None), r.str_("spec", None)
     if (task is None) == (spec is None):
         raise r.err("task", "give exactly one of task and spec",
                     'task = "induction"/"ioi"/"text" (with [analysis.settings]) or spec = "analyses/x.toml"')
     if spec is not None:
         for k in ("settings", "series"):
-            if k in r.t:
+            if k in r.table:
                 raise r.err(k, "does not apply to a spec analysis (it runs on the spec's own model)", f"no {k} key")
         p = Path(spec) if Path(spec).is_absolute() else (file.parent / spec).resolve()
         from ..gate.spec import SpecError, load_spec
@@ -212,20 +172,20 @@ def _analysis(file: Path, i: int, t: Any, series_names: set[str]) -> AnalysisPla
 
     if task not in TASKS:
         raise r.err("task", f"got {task!r}", f"one of {TASKS}")
-    st = _T(file, r.key("settings"), r.t.get("settings", {}),
+    st = _T(file, r.key("settings"), r.table.get("settings", {}),
             tuple(f.name for f in fields(EmergenceSettings) if f.name not in ("task", "seed")))
     try:
-        EmergenceSettings(task=task, **st.t)
+        EmergenceSettings(task=task, **st.table)
     except (TypeError, ValueError) as e:
         raise r.err("settings", str(e), "EmergenceSettings fields (the seed comes from the plan's seeds)") from None
-    names = r.t.get("series", [])
+    names = r.table.get("series", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise r.err("series", f"got {names!r}", "a list of series names")
     unknown = [n for n in names if n not in series_names]
     if unknown:
         raise r.err("series", f"unknown series {unknown[0]!r}", "names of [[series]] in this plan: "
                     + ", ".join(sorted(series_names)))
-    return AnalysisPlan(name, task=task, settings=tuple(sorted(st.t.items())), series=tuple(names))
+    return AnalysisPlan(name, task=task, settings=tuple(sorted(st.table.items())), series=tuple(names))
 
 
 def _unique(file: Path, kind: str, items) -> None:
@@ -240,24 +200,19 @@ def _unique(file: Path, kind: str, items) -> None:
 def load_plan(path: str | Path) -> Plan:
     """Parse and validate a plan file; :class:`PlanError` on any problem."""
     file = Path(path).resolve() if Path(path).exists() else Path(path)
-    if not file.is_file():
-        raise PlanError(file, None, "no such file" if not file.exists() else "is not a file", "a path to a plan .toml")
-    try:
-        doc = tomllib.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise PlanError(file, None, f"is not UTF-8 text ({e})", "a TOML file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise PlanError(file, None, f"malformed TOML: {e}", "valid TOML (https://toml.io)") from None
+    doc = read_toml(file, PlanError, "a path to a plan .toml")
     top = _T(file, "", doc, ("name", "description", "resources", "seeds", "series", "analysis"))
     name = top.name() if "name" in doc else file.stem
-    description = top.str_("description", "")
+    description = top.table.get("description", "")
+    if not isinstance(description, str):
+        raise top.err("description", f"is {tname(description)}", "a string")
     seeds = doc.get("seeds", [0])
     if (not isinstance(seeds, list) or not seeds or len(seeds) > MAX_SEEDS or len(set(map(str, seeds))) != len(seeds)
             or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32 for s in seeds)):
         raise PlanError(file, "seeds", f"got {seeds!r}", f"a list of 1 to {MAX_SEEDS} distinct seeds in [0, 2^32)")
     for k, form in (("series", "[[series]] tables (double brackets)"), ("analysis", "[[analysis]] tables")):
         if k in doc and not isinstance(doc[k], list):
-            raise PlanError(file, k, f"is {_tname(doc[k])}", form)
+            raise PlanError(file, k, f"got {show(doc[k])}", form)
     series = tuple(_series(file, i, t) for i, t in enumerate(doc.get("series", [])))
     _unique(file, "series", series)
     analyses = tuple(_analysis(file, i, t, {s.name for s in series}) for i, t in enumerate(doc.get("analysis", [])))

@@ -65,7 +65,7 @@ def test_bad_spec_exits_2_before_loading_anything(tmp_path, write_spec, capsys):
     rc = main([str(good), str(bad), "--quiet"])
     cap = capsys.readouterr()
     assert rc == 2
-    assert f"{bad}: condition[0].bound: got -1, impossible threshold; expected a number in (0, 1]" in cap.err
+    assert f"{bad}: condition[0].bound: got -1, out of range; expected a number in (0, 1]" in cap.err
     assert "nowhere" not in cap.err + cap.out  # the valid spec was not evaluated (no model load attempted)
 
 

@@ -73,7 +73,7 @@ def test_spec_error_is_a_collection_error_naming_the_file_and_key(pytester):
     res.assert_outcomes(errors=1)
     out = res.stdout.str()
     assert "ERROR collecting broken.toml" in out
-    assert f"spec error: {bad}: condition[0].bound: got 0, impossible threshold; expected a number >= 1" in out
+    assert f"spec error: {bad}: condition[0].bound: got 0, out of range; expected a number >= 1" in out
 
 
 def test_missing_spec_path_is_a_usage_error(pytester):

@@ -58,8 +58,8 @@ BAD = [  # (edit of GOOD, key named in the error, fragment)
     (lambda t: t.replace("seeds = [3, 1]", "seeds = [1, 1]"), "seeds", "distinct"),
     (lambda t: t.replace("seeds = [3, 1]", "seeds = [-1]"), "seeds", "[0, 2^32)"),
     (lambda t: t.replace("seeds = [3, 1]", "seeds = []"), "seeds", "got []"),
-    (lambda t: t.replace("num_cpus = 1.5", "num_cpus = 0"), "resources.num_cpus", "> 0"),
-    (lambda t: t.replace("num_gpus = 0.25", "num_gpus = -1"), "resources.num_gpus", ">= 0"),
+    (lambda t: t.replace("num_cpus = 1.5", "num_cpus = 0"), "resources.num_cpus", "in (0, 256]"),
+    (lambda t: t.replace("num_gpus = 0.25", "num_gpus = -1"), "resources.num_gpus", "in [0, 64]"),
     (lambda t: t.replace("max_retries = 4", "max_retries = 99"), "resources.max_retries", "[0, 10]"),
     (lambda t: t.replace('preset = "induction-gpt2"', 'preset = "gpt5"'), "series[0].preset", "one of induction-gpt2"),
     (lambda t: t.replace('preset = "induction-gpt2"', 'preset = "induction-gpt2"\nsource = "x"'), "series[0].preset",
@@ -77,7 +77,7 @@ BAD = [  # (edit of GOOD, key named in the error, fragment)
     (lambda t: t.replace('task = "induction"', 'spec = "nope.toml"'), "analysis[0].settings",
      "does not apply to a spec analysis"),
     (lambda t: t.split("[[analysis]]")[0], "analysis", "no [[analysis]] given"),
-    (lambda t: 'series = 3\n[[analysis]]\nname = "s"\ntask = "text"\n', "series", "is an integer"),
+    (lambda t: 'series = 3\n[[analysis]]\nname = "s"\ntask = "text"\n', "series", "got integer 3"),
     (lambda t: t + "[[analysis]]\nname = \"ind\"\ntask = \"text\"\n", "analysis[1].name", "already the name"),
 ]
 
