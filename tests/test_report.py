@@ -68,20 +68,20 @@ def test_default_report_reproduces_theory_toy_and_real_model_claims(tmp_path_fac
     # seed 0 has S(0 pairs) 0.153 < S(2 pairs) 0.154 after 10k steps. Any other failure fails.
     known = {"Toy SAD (Fig. 7a): two pairs present is still sparser than none (every seed)"}
     assert set(failed) <= known, failed
-    # real-model section: per model (SmolLM2 IOI, MiniLM text) exactness, two control
-    # contrasts and S_svd — 4 claims each, all of which must pass (measured: all pass)
+    # real-model section: per model (SmolLM2 IOI, MiniLM text, Gemma-3 IOI) exactness, two
+    # control contrasts and S_svd — 4 claims each, all of which must pass (measured: all pass)
     real = [c for c in r["claims"] if c["section"] == REAL]
-    assert len(real) == 8, [c["claim"] for c in real]
+    assert len(real) == 12, [c["claim"] for c in real]
     assert all(c["passed"] for c in real), [c for c in real if not c["passed"]]
     sad = r["sections"][REAL]
-    for name in ("smollm2-135m", "minilm-l6"):
+    for name in ("smollm2-135m", "minilm-l6", "gemma3-270m"):
         m = sad["models"][name]
         assert min(m["n_pairs"].values()) >= 500, m["n_pairs"]
         assert m["contrast"]["passes"] is True
         assert max(m["max_reconstruction_error"].values()) < sad["exact_bound"]
-    assert r["n_claims"] >= 7 + 8
+    assert r["n_claims"] >= 7 + 12
     page = (tmp_path / "index.html").read_text()
-    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) >= 4 + 5
+    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) >= 4 + 6
     assert "Theorem 2" in page and "Toy model" in page and REAL in page and "smollm2-135m" in page
     assert [p["title"] for p in r["page"]] == [t for t, _ in paper.SECTIONS]
 
