@@ -79,10 +79,20 @@ def test_default_report_reproduces_theory_toy_and_real_model_claims(tmp_path_fac
         assert min(m["n_pairs"].values()) >= 500, m["n_pairs"]
         assert m["contrast"]["passes"] is True
         assert max(m["max_reconstruction_error"].values()) < sad["exact_bound"]
+        # readouts of the shown heads (those of the decomposition figure's pairs): 2 singular triples
+        # each, 5 tokens per pole, singular values in decreasing order per head
+        heads = {(x["layer"], x["head"]) for x in m["readouts"]}
+        assert 1 <= len(heads) <= 4 and len(m["readouts"]) == 2 * len(heads)
+        for x in m["readouts"]:
+            assert all(len(x[k]) == 5 for k in ("query_top", "query_bottom", "key_top", "key_bottom"))
+        for lh in heads:
+            sv = [x["singular_value"] for x in m["readouts"] if (x["layer"], x["head"]) == lh]
+            assert sv == sorted(sv, reverse=True) and sv[-1] > 0
     assert r["n_claims"] >= 7 + 12
     page = (tmp_path / "index.html").read_text()
     assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) >= 4 + 6
     assert "Theorem 2" in page and "Toy model" in page and REAL in page and "smollm2-135m" in page
+    assert "singular vectors read" in page  # the readout table is on the page
     assert [p["title"] for p in r["page"]] == [t for t, _ in paper.SECTIONS]
 
 

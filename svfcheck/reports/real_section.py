@@ -40,6 +40,8 @@ __all__ = ["RealBudget", "budget", "real_section", "EXACT_BOUND", "MIN_PAIRS"]
 EXACT_BOUND = 1e-4
 #: The contrast needs at least this many pairs per model (as in tests/real/test_sad.py).
 MIN_PAIRS = 500
+#: Readouts on the page: singular triples per shown head, tokens per pole.
+READOUT_R, READOUT_TOKENS = 2, 5
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,18 @@ def _summary_rows(label: str, tr, rd) -> list[tuple[str, ...]]:
     return rows
 
 
+def _readout_rows(name: str, readouts: list[dict]) -> list[tuple[str, ...]]:
+    def toks(lst):
+        return " ".join(repr(t["token"]) if t["token"] is not None else str(t["id"]) for t in lst)
+
+    return [(name, f"L{r['layer']}H{r['head']}", str(r["index"]), _fmt(r["singular_value"]), toks(r["query_top"]),
+             toks(r["key_top"]), toks(r["query_bottom"]), toks(r["key_bottom"])) for r in readouts]
+
+
 def real_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[Section, dict]:
     """SAD on SmolLM2-135M (IOI), MiniLM-L6 (text) and Gemma-3-270M (IOI), trained vs seeded random init."""
-    from svfcheck.real.figures import sparsity_vs_controls, write_figures
+    from svfcheck.real.figures import chosen_pairs, sparsity_vs_controls, write_figures
+    from svfcheck.real.readouts import singular_readouts
     from svfcheck.real.models import load_model
     from svfcheck.real.pipeline import run_sad
     from svfcheck.real.settings import SADSettings
@@ -140,6 +151,7 @@ def real_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[Sec
     claims: list[Claim] = []
     rows: list[tuple[str, ...]] = []
     figures: list[tuple[str, Path]] = []
+    readout_rows: list[tuple[str, ...]] = []
     data: dict = {"budget": b.__dict__, "exact_bound": EXACT_BOUND, "models": {}}
     for name, task, n_ioi, all_figures in runs:
         times: dict[str, float] = {}
@@ -175,6 +187,10 @@ def real_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[Sec
             fig_dir.mkdir(parents=True, exist_ok=True)
             p = sparsity_vs_controls(tr, fig_dir / "sparsity_vs_controls.png", rd)
             figures.append((f"{name}: mean Rolls–Tovee S: SVD basis vs controls, trained vs random init", p))
+        # what the shown heads' top singular vectors read: the heads of the decomposition figure's pairs
+        shown = [(int(tr.records["layer"][i]), int(tr.records["head"][i])) for i in chosen_pairs(tr)]
+        readouts = singular_readouts(trained, shown, top_r=READOUT_R, top_tokens=READOUT_TOKENS)
+        readout_rows.extend(_readout_rows(name, readouts))
         steps.update()
         claims.extend(_model_claims(label, tr, rd, con))
         rows.extend(_summary_rows(name, tr, rd))
@@ -186,6 +202,7 @@ def real_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[Sec
             "summary": {"trained": tr.summary, "random_init": rd.summary},
             "max_reconstruction_error": {"trained": tr.max_reconstruction_error, "random_init": rd.max_reconstruction_error},
             "contrast": con.to_json(),
+            "readouts": readouts,
             "settings": tr.settings,
             "seconds": {k: round(v, 2) for k, v in times.items()},
         }
@@ -199,6 +216,12 @@ def real_section(out: Path, seed: int, quick: bool, progress: bool) -> tuple[Sec
         "A rotated-basis control alone is not evidence: the random initialisation also beats it (see its effect); "
         "the claims are the trained-minus-random contrasts.",
     )
-    section = Section("Real models: sparse attention decomposition (paper §5)", claims=tuple(claims), tables=(table,),
+    readout_table = (
+        f"What the shown heads' top {READOUT_R} singular vectors read (docs/math.md §5.2): the {READOUT_TOKENS} tokens "
+        "whose embeddings, through the layer's input norm, score highest on the query side (u) and the key side (v), "
+        "per pole (+ and − together: a query and a key of the same pole raise the logit); beyond layer 0 the direct path",
+        ("model", "head", "r", "s_r", "query +", "key +", "query −", "key −"), tuple(readout_rows))
+    section = Section("Real models: sparse attention decomposition (paper §5)", claims=tuple(claims),
+                      tables=(table, readout_table),
                       figures=tuple(figures), notes=notes)
     return section, data
