@@ -36,6 +36,21 @@ settings.register_profile(
 settings.register_profile("default", deadline=None, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
+# The persistent core cache (docs/math.md §4.6) of a test session is a temporary folder, not the
+# user's (set SVFCHECK_CORE_CACHE to choose one); removed at the end of the session.
+_CORE_CACHE = None
+if "SVFCHECK_CORE_CACHE" not in os.environ:
+    import tempfile
+
+    _CORE_CACHE = os.environ["SVFCHECK_CORE_CACHE"] = tempfile.mkdtemp(prefix="svfcheck-test-cores-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _CORE_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_CORE_CACHE, ignore_errors=True)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("svfcheck")

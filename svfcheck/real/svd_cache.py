@@ -11,23 +11,29 @@ out, lazily and cached,
   only the (head, Δ) entries it asks for (:class:`CoreRequest`), in its dtype, with the
   key-side factor ``F`` and the basis control's table (:meth:`SVDCache.control_table`).
 
-:func:`svd_cache` is the shared cache of a ``ModelHeads``. The all-heads SVD routes and the
+:meth:`SVDCache.prepare` with ``room`` keeps the tables' bytes within it, evicting whole tables
+(docs/math.md §4.5); a ``lean`` cache keeps each entry only in the dtype asked for; with a
+``disk`` store (:class:`~svfcheck.real.core_disk.CoreDisk`, docs/math.md §4.6) entries are read
+from disk before they are computed, and written there once computed.
+
+:func:`svd_cache` is the shared cache of a ``ModelHeads``, :func:`pipeline_cache` the lean
+one of the SAD pipeline. The all-heads SVD routes and the
 core SVD itself (:func:`~svfcheck.real.svd.core_svd`) live in :mod:`svfcheck.real.svd`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from .core_tables import CoreRequest, CoreStats, _CoreTable, _copy_rows, _merge, _Req
 from .heads import ModelHeads, norm_maps, rope_matrix
 from .svd import core_svd, factor, middle_matrix, safe_singular_values, sign_fix
 from .threads import batched_jobs, batched_map
 
-__all__ = ["CoreRequest", "LayerFactors", "SVDCache", "svd_cache"]
+__all__ = ["CoreRequest", "CoreStats", "LayerFactors", "SVDCache", "svd_cache", "pipeline_cache"]
 
 #: Cores per block in :meth:`SVDCache._cores` (32 of 64×64 float64: 1 MB per intermediate).
 _CORE_BLOCK = 32
@@ -59,50 +65,6 @@ class LayerFactors:
     RqL: torch.Tensor | None = None  # (H, d_h, d_h): per-head QK-norm maps only
 
 
-@dataclass(eq=False)
-class _CoreTable:
-    """One layer's core SVDs over the contiguous offset range ``lo .. lo + T − 1``: float64,
-    head-major (H, T, ...) so that one head's rows are contiguous. Only the (head, Δ) entries
-    marked in ``filled`` (H, T) have been computed; the others are allocated (untouched pages
-    cost no memory) and never read. ``conv``: per dtype, the converted copies and the entries
-    they hold; ``ctl``: per dtype, ``[key, basis-control table F̂, entries held]``."""
-
-    lo: int
-    Ut: torch.Tensor
-    S: torch.Tensor
-    Vt: torch.Tensor
-    F: torch.Tensor
-    filled: torch.Tensor
-    conv: dict
-    ctl: dict
-
-    @property
-    def T(self) -> int:
-        return self.S.shape[1]
-
-    def arrays(self) -> tuple:
-        return (self.Ut, self.S, self.Vt, self.F)
-
-
-def _copy_rows(dst: torch.Tensor, src: torch.Tensor, rows: torch.Tensor) -> None:
-    """``dst.flat[rows] = src.flat[rows]`` over the (head, Δ) entries of head-major tables
-    (H, T, ...), converting the dtype: only those rows' pages are touched."""
-    n = dst.shape[0] * dst.shape[1]
-    dst.view(n, -1).index_copy_(0, rows, src.reshape(n, -1).index_select(0, rows).to(dst.dtype))
-
-
-class CoreRequest(NamedTuple):
-    """One layer's core entries for :meth:`SVDCache.prepare`, in the argument order of
-    :meth:`SVDCache.core_lookup` (a plain tuple in that order works too)."""
-
-    layer: int
-    deltas: np.ndarray  # (n,) offsets Δ, one entry each
-    dtype: torch.dtype
-    heads: np.ndarray  # (n,) the head of each entry
-    span: tuple | None  # (lo, hi): an offset range to allocate (not compute), or None
-    control: tuple | None  # (key, Q) of the basis-control table, or None
-
-
 class SVDCache:
     """Per-model cache of layer factorisations and of core SVDs per (layer, head, Δ) (docs/math.md §4.3).
 
@@ -112,27 +74,38 @@ class SVDCache:
     not yet cached (lazily: the first 128-token prompt of SmolLM2-135M needs about a quarter of
     the 30 × 9 × 128 entries its offsets span, 32 prompts about 88%; measured).
     ``basis(layer)`` returns full ``(U, S, V)`` (H, D, d_h) at Δ = 0.
-    All in float64; stored per layer over a contiguous offset range (:class:`_CoreTable`),
-    head-major with the key-side factor ``F`` (see :meth:`core_lookup`), built on all cores
-    (:meth:`_core_rows`; :meth:`prepare` takes several layers' requests in one pooled run);
+    Stored per layer over a contiguous offset range (:class:`_CoreTable`), head-major with the
+    key-side factor ``F`` (see :meth:`core_lookup`), built on all cores (:meth:`_core_rows`;
+    :meth:`prepare` takes several layers' requests in one pooled run); in float64, with
     per-dtype copies for the decomposition and the basis control's table
-    (:meth:`control_table`) are written by the workers as new entries are computed, and
-    converted entry by entry on demand for entries computed earlier. Memory grows with
-    the entries computed, up to layers × heads × offsets × d_h²: SmolLM2-135M at 128 tokens
-    (30 layers × 9 heads × 128 offsets × 64²) holds ≈ 3.4 GB in float64 (Ũ, Ṽ, F) plus ≈ 2.3 GB
-    for a float32 decomposition with controls (its copies and the control table). Sign convention here is on the core (largest-|.| entry of each
-    ``ũ_r = Q_qᵀ u_r`` positive), so it needs no D-sized vector per offset; terms and
-    relative contributions do not depend on signs, the paper control does (via its Q's). For layers without RoPE every Δ maps to the Δ = 0 entry.
-    Every entry is computed on its own (:func:`~svfcheck.real.svd.core_svd` decides per core), so the cache's
-    contents do not depend on the order or grouping of the requests (tested).
+    (:meth:`control_table`) written by the workers as new entries are computed, and converted
+    entry by entry on demand for entries computed earlier. ``lean=True`` keeps each table in the
+    dtype it is asked for instead (one table per (layer, dtype), no float64 copy: 2.5× less
+    memory for a float32 decomposition, the same values, since a copy is the float64 entry
+    converted). Memory grows with the entries held, up to layers × heads × offsets × d_h²:
+    SmolLM2-135M at 128 tokens (30 layers × 9 heads × 128 offsets × 64²) holds ≈ 3.4 GB in
+    float64 (Ũ, Ṽ, F) plus ≈ 2.3 GB for a float32 decomposition with controls (its copies and
+    the control table), ≈ 2.2 GB lean; :meth:`prepare` with ``room`` bounds it (docs/math.md
+    §4.5). With ``disk`` (a :class:`~svfcheck.real.core_disk.CoreDisk`), missing entries are
+    read from disk when there, and written there once computed (docs/math.md §4.6). Sign
+    convention here is on the core (largest-|.| entry of each ``ũ_r = Q_qᵀ u_r`` positive), so
+    it needs no D-sized vector per offset; terms and relative contributions do not depend on
+    signs, the paper control does (via its Q's). For layers without RoPE every Δ maps to the
+    Δ = 0 entry. Every entry is computed on its own (:func:`~svfcheck.real.svd.core_svd`
+    decides per core), so the cache's contents do not depend on the order or grouping of the
+    requests, nor on what was evicted or read from disk (tested).
     """
 
-    def __init__(self, heads: ModelHeads, route: str = "qr"):
+    def __init__(self, heads: ModelHeads, route: str = "qr", *, lean: bool = False, disk=None):
         self.heads = heads
         self.route = route
+        self.lean = lean
+        self.disk = disk
+        self.stats = CoreStats()
         self._factors: dict[int, LayerFactors] = {}
-        self._core: dict[int, _CoreTable] = {}
+        self._core: dict[tuple[int, torch.dtype], _CoreTable] = {}
         self._basis: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._disk_keys: dict[tuple[int, torch.dtype], str] = {}
 
     def factors(self, layer: int) -> LayerFactors:
         if layer not in self._factors:
@@ -164,57 +137,84 @@ class SVDCache:
             self._basis[layer] = (U, S, V)
         return self._basis[layer]
 
-    def _plan(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None, dtype=None, control=None):
-        """``(table, todo)``: the layer's table, grown and given its converted copies, and — when
-        some of the (head, Δ) entries ``(hs, ds)`` are not there yet — ``todo = ((fn, tensors),
-        commit)``: the job that computes them (:func:`~svfcheck.real.threads.batched_jobs`) and
-        the call that marks them computed once it has run. The offset range first grows, in one copy of the
-        computed entries, to cover ``ds`` and ``span`` (lo, hi) — ``span`` only allocates: a
-        prompt's whole visible-offset range at once, so later prompts of that length never grow
-        (and copy) the table again.
+    def _key(self, layer: int, dtype: torch.dtype | None = None) -> tuple[int, torch.dtype]:
+        """The table that holds ``layer``'s entries for a ``dtype`` request."""
+        dtype = torch.float64 if dtype is None else dtype
+        return int(layer), (dtype if self.lean else torch.float64)
 
-        The new entries are written, by the workers that compute them, into the float64 table
-        and into every converted copy the table has (``dtype``: make sure it has that one), and
-        with ``control = (key, Q)`` into ``dtype``'s basis-control table for ``key`` (see
-        :meth:`control_table`): each entry goes through memory once, while in cache, on all
-        cores, instead of being converted and multiplied afterwards in the caller's thread."""
-        lh = self.heads.layer(layer)
+    def entry_bytes(self, layer: int, dtype: torch.dtype, control: bool) -> int:
+        """Bytes one new (head, Δ) entry of ``layer`` adds when asked for in ``dtype`` (its row
+        in the store, its converted copy, its basis-control row with ``control``)."""
+        dh = self.heads.layer(layer).head_dim
+        per = lambda t: (3 * dh * dh + dh) * torch.empty(0, dtype=t).element_size()  # noqa: E731
+        store = self._key(layer, dtype)[1]
+        b = per(store) + (per(dtype) if dtype != store else 0)
+        return b + (dh * dh * torch.empty(0, dtype=dtype).element_size() if control else 0)
+
+    def held_bytes(self) -> int:
+        """Bytes of every entry held, over all tables (:meth:`_CoreTable.held_bytes`)."""
+        return sum(t.held_bytes() for t in self._core.values())
+
+    def _table(self, r: _Req, room: int | None) -> _CoreTable:
+        """The table of request ``r``, grown to cover its offsets and ``span`` (lo, hi) — ``span``
+        only allocates: a prompt's whole visible-offset range at once, so later prompts of that
+        length never grow (and copy) the table again — with a converted copy for ``r.dtype``.
+        Growing copies the computed entries over; within a ``room`` that has no space for the
+        copy, the old table is dropped instead (its entries are computed or read again)."""
+        key = self._key(r.layer, r.dtype)
+        lh = self.heads.layer(r.layer)
         H, dh = lh.n_heads, lh.head_dim
-        tab = self._core.get(layer)
-        lo, hi = int(ds.min()), int(ds.max())
-        if span is not None:
-            lo, hi = min(lo, int(span[0])), max(hi, int(span[1]))
+        tab = self._core.get(key)
+        lo, hi = int(r.ds.min()), int(r.ds.max())
+        if r.span is not None:
+            lo, hi = min(lo, int(r.span[0])), max(hi, int(r.span[1]))
         if tab is not None:
             lo, hi = min(lo, tab.lo), max(hi, tab.lo + tab.T - 1)
         if tab is None or lo != tab.lo or hi != tab.lo + tab.T - 1:
-            T, e, f64 = hi - lo + 1, torch.empty, torch.float64
-            grown = _CoreTable(lo, e(H, T, dh, dh, dtype=f64), e(H, T, dh, dtype=f64), e(H, T, dh, dh, dtype=f64),
-                               e(H, T, dh, dh, dtype=f64), torch.zeros(H, T, dtype=torch.bool), {}, {})
-            if tab is not None:  # move the computed entries (converted copies are redone on demand)
+            T, e, st = hi - lo + 1, torch.empty, key[1]
+            grown = _CoreTable(lo, e(H, T, dh, dh, dtype=st), e(H, T, dh, dtype=st), e(H, T, dh, dh, dtype=st),
+                               e(H, T, dh, dh, dtype=st), torch.zeros(H, T, dtype=torch.bool), {}, {})
+            if tab is not None and room is not None and self.held_bytes() + tab.held_bytes() > room:
+                self._evict(key)
+            elif tab is not None:  # move the computed entries (converted copies are redone on demand)
                 s = tab.lo - lo
                 grown.filled[:, s : s + tab.T] = tab.filled
                 h, t = torch.nonzero(tab.filled, as_tuple=True)
                 for a, b in zip(grown.arrays(), tab.arrays()):
                     a[h, t + s] = b[h, t]
-            tab = self._core[layer] = grown
-        dtype = torch.float64 if dtype is None else dtype
-        if dtype != torch.float64 and dtype not in tab.conv:
-            tab.conv[dtype] = (tuple(torch.empty(a.shape, dtype=dtype) for a in tab.arrays()),
-                               torch.zeros_like(tab.filled))
-        ctl = None
-        if control is not None:
-            key, Q = control
-            ctl = tab.ctl.get(dtype)
-            if ctl is None or ctl[0] != key:
-                ctl = tab.ctl[dtype] = [key, torch.empty(tab.F.shape, dtype=dtype), torch.zeros_like(tab.filled)]
-        need = torch.zeros(H, tab.T, dtype=torch.bool)
-        need[torch.as_tensor(hs, dtype=torch.int64), torch.as_tensor(ds - tab.lo)] = True
-        need &= ~tab.filled
-        if not bool(need.any()):
-            return tab, None
+            tab = self._core[key] = grown
+        if r.dtype != tab.dtype and r.dtype not in tab.conv:
+            tab.conv[r.dtype] = (tuple(torch.empty(a.shape, dtype=r.dtype) for a in tab.arrays()),
+                                 torch.zeros_like(tab.filled))
+        return tab
+
+    @staticmethod
+    def _mask(tab: _CoreTable, hs: np.ndarray, ds: np.ndarray) -> torch.Tensor:
+        m = torch.zeros(tab.filled.shape, dtype=torch.bool)
+        m[torch.as_tensor(hs, dtype=torch.int64), torch.as_tensor(ds - tab.lo)] = True
+        return m
+
+    @staticmethod
+    def _control(tab: _CoreTable, dtype: torch.dtype, control) -> tuple | None:
+        """``(ctl, Q)``: ``dtype``'s basis-control table for ``control = (key, Q)`` (replaced when the
+        key changed), or None without a control."""
+        if control is None:
+            return None
+        key, Q = control
+        ctl = tab.ctl.get(dtype)
+        if ctl is None or ctl[0] != key:
+            ctl = tab.ctl[dtype] = [key, torch.empty(tab.F.shape, dtype=dtype), torch.zeros_like(tab.filled)]
+        return ctl, Q
+
+    def _job(self, layer: int, tab: _CoreTable, need: torch.Tensor, ctl: tuple | None, dtype: torch.dtype):
+        """``(job, commit)``: the job that computes the entries ``need`` (H, T) of ``tab``
+        (:func:`~svfcheck.real.threads.batched_jobs`) — written, by the workers that compute them,
+        into the table, into every converted copy it has and, with ``ctl = (ctl, Q)``, into
+        ``dtype``'s basis-control table (each entry goes through memory once, while in cache, on
+        all cores) — and the call that marks them held once it has run."""
         h, t = torch.nonzero(need, as_tuple=True)  # head-major order
         sinks = [tab.arrays()] + [arrays for arrays, _ in tab.conv.values()]
-        fh = None if ctl is None else (ctl[1], Q.to(dtype))
+        fh = None if ctl is None else (ctl[0][1], ctl[1].to(dtype))
         job = self._core_rows(layer, h, t.numpy() + tab.lo, into=(h * tab.T + t, sinks, fh))
 
         def commit():
@@ -222,34 +222,131 @@ class SVDCache:
             for _, have in tab.conv.values():
                 have |= need
             if ctl is not None:
-                ctl[2] |= need
+                ctl[0][2] |= need
 
-        return tab, (job, commit)
+        return job, commit
+
+    @staticmethod
+    def _control_job(tab: _CoreTable, rows: torch.Tensor, ctl: tuple):
+        """``(job, commit)`` writing the basis-control rows ``F̂ = F diag(1/s) Q`` of the held
+        entries ``rows`` (H, T) (read from disk) on the workers: the operations of
+        :meth:`_core_rows`' writes, so the same values."""
+        (c, Q), dh = ctl, tab.S.shape[-1]
+        h, t = torch.nonzero(rows, as_tuple=True)
+        Q = Q.to(tab.dtype)
+        F, S, Fh = tab.F.view(-1, dh, dh), tab.S.view(-1, dh), c[1].view(-1, dh * dh)
+
+        def write(hc, rc):
+            Fh.index_copy_(0, rc, ((F[rc] / safe_singular_values(S[rc])[:, None, :]) @ Q[hc]).reshape(len(rc), -1))
+
+        def commit():
+            c[2] |= rows
+
+        return (write, (h, h * tab.T + t)), commit
+
+    def _prepare(self, reqs: list[_Req], room: int | None = None, count: bool = False) -> None:
+        """Hold every entry of ``reqs``: those missing are read from disk when there, the rest
+        computed, all layers' in one pooled run; within ``room`` bytes when given
+        (:meth:`_make_room`). ``count``: add to :attr:`stats`."""
+        reqs = _merge(reqs, self._key)
+        if room is not None:
+            self._make_room(reqs, room)
+        planned = []
+        for r in reqs:
+            tab = self._table(r, room)
+            req = self._mask(tab, r.hs, r.ds)
+            if count:
+                self.stats.memory += int((req & tab.filled).sum())
+            planned.append((r, tab, req & ~tab.filled, self._control(tab, r.dtype, r.control)))
+        if self.disk is not None:  # every layer's files read in one pooled run
+            gots = self.disk.load_many([(self._disk_key(r.layer, tab.dtype), tab, need) for r, tab, need, _ in planned])
+        todos = []
+        for k, (r, tab, need, ctl) in enumerate(planned):
+            if self.disk is not None:
+                got = gots[k]
+                tab.filled |= got
+                need &= ~got
+                if count:
+                    self.stats.disk += int(got.sum())
+                if ctl is not None and r.dtype == tab.dtype and bool(got.any()):
+                    todos.append((r.layer, tab, None, self._control_job(tab, got, ctl)))
+            if bool(need.any()):
+                todos.append((r.layer, tab, need, self._job(r.layer, tab, need, ctl, r.dtype)))
+        batched_jobs([job for *_, (job, _) in todos], block=_CORE_BLOCK)
+        for _, _, need, (_, commit) in todos:
+            commit()
+            if need is not None and count:  # None: control rows of entries read from disk
+                self.stats.computed += int(need.sum())
+        if self.disk is not None:
+            self.disk.store_many([(self._disk_key(layer, tab.dtype), tab, need) for layer, tab, need, _ in todos
+                                  if need is not None])
+        if count or room is not None:
+            self.stats.peak_bytes = max(self.stats.peak_bytes, self.held_bytes())
+
+    def _make_room(self, reqs: list[_Req], room: int) -> None:
+        """Evict whole tables until the entries held plus the new ones of ``reqs`` fit in ``room``
+        bytes (docs/math.md §4.5). Tables the requests read are kept while others can go; the
+        others go in the order of their next use when layers are decomposed in ascending order,
+        round after round (prompt after prompt): the layer just behind the requests' first
+        layer is needed last, so it goes first. Plain least-recently-used would evict exactly
+        the layer needed next, every round, once the layers do not all fit."""
+        pinned, new = set(), 0
+        for r in reqs:
+            key = self._key(r.layer, r.dtype)
+            pinned.add(key)
+            tab = self._core.get(key)
+            u = np.unique(np.stack([r.hs, r.ds], 1), axis=0)
+            held = 0
+            if tab is not None:
+                hs, ds = u[:, 0], u[:, 1]
+                inside = (ds >= tab.lo) & (ds < tab.lo + tab.T)
+                held = int(tab.filled[torch.as_tensor(hs[inside]), torch.as_tensor(ds[inside] - tab.lo)].sum())
+            new += (len(u) - held) * self.entry_bytes(r.layer, r.dtype, r.control is not None)
+        over = self.held_bytes() + new - room
+        if over <= 0:
+            return
+        first, L = min(r.layer for r in reqs), self.heads.n_layers
+        others = sorted((k for k in self._core if k not in pinned), key=lambda k: ((k[0] - first) % L, str(k[1])), reverse=True)
+        for key in others + sorted(pinned & set(self._core), key=lambda k: (k[0], str(k[1]))):
+            if over <= 0:
+                return
+            over -= self._evict(key)
+
+    def _evict(self, key) -> int:
+        """Drop one table; returns the bytes it held."""
+        tab = self._core.pop(key)
+        self.stats.evicted += int(tab.filled.sum())
+        return tab.held_bytes()
+
+    def _disk_key(self, layer: int, dtype: torch.dtype) -> str:
+        if (layer, dtype) not in self._disk_keys:
+            from .core_disk import layer_key
+
+            self._disk_keys[(layer, dtype)] = layer_key(self.heads.layer(layer), self.factors(layer), dtype, self.route)
+        return self._disk_keys[(layer, dtype)]
 
     def _ensure(self, layer: int, hs: np.ndarray, ds: np.ndarray, span=None, dtype=None, control=None) -> _CoreTable:
-        """:meth:`_plan` one layer's request and compute it."""
-        tab, todo = self._plan(layer, hs, ds, span, dtype, control)
-        if todo is not None:
-            batched_jobs([todo[0]], block=_CORE_BLOCK)
-            todo[1]()
-        return tab
+        """Hold one layer's entries ``(hs, ds)``; its table."""
+        dtype = torch.float64 if dtype is None else dtype
+        self._prepare([_Req(int(layer), np.asarray(hs, dtype=np.int64), np.asarray(ds, dtype=np.int64), span, dtype, control)])
+        return self._core[self._key(layer, dtype)]
 
-    def prepare(self, requests) -> None:
-        """Make sure the entries of several layers are computed, all in one pooled run: each
+    def prepare(self, requests, room: int | None = None) -> None:
+        """Make sure the entries of several layers are held, all in one pooled run: each
         request is a :class:`CoreRequest` ``(layer, deltas, dtype, heads, span, control)`` (or a
         plain tuple in that order), as for :meth:`core_lookup`.
         Spread over the workers across layers (:func:`~svfcheck.real.threads.batched_jobs`), so
         a prompt that needs only a few new cores per layer still keeps every core busy; the
-        entries are the same as one :meth:`core_lookup` per layer (each is computed on its own)."""
-        todos = []
+        entries are the same as one :meth:`core_lookup` per layer (each is computed on its own).
+        ``room``: the bytes all tables may hold once these entries are in (docs/math.md §4.5):
+        tables are evicted first as needed (:meth:`_make_room`); the requested entries alone must
+        fit. Counts where the entries came from in :attr:`stats`."""
+        reqs = []
         for layer, deltas, dtype, heads, span, control in requests:
             hs, ds, span = self._request(layer, deltas, heads, span)
-            _, todo = self._plan(layer, hs, ds, span, dtype, control)
-            if todo is not None:
-                todos.append(todo)
-        batched_jobs([job for job, _ in todos], block=_CORE_BLOCK)
-        for _, commit in todos:
-            commit()
+            reqs.append(_Req(int(layer), hs, ds, span, dtype, control))
+        if reqs:
+            self._prepare(reqs, room, count=True)
 
     def _core_rows(self, layer: int, hs: torch.Tensor, ds: np.ndarray, into=None) -> tuple:
         """``(Ũ, S, Ṽ, F)`` float64 of the cores of heads ``hs`` at offsets ``ds`` (one row each).
@@ -332,7 +429,7 @@ class SVDCache:
         contiguously (``T[h].index_select(0, index)``), and ``index`` maps each of ``deltas`` to its
         row. ``heads``: per offset, the head whose core is needed (default: every head's);
         only those entries are guaranteed computed, so read only them. ``span``: (lo, hi), an
-        offset range the table should cover (allocated, not computed; see :meth:`_ensure`).
+        offset range the table should cover (allocated, not computed; see :meth:`_table`).
         ``control = (key, Q)``: also fill the basis-control table of ``dtype`` for ``key``
         (:meth:`control_table`) as the new entries are computed.
         ``F[h, t] = G_k R_k[kv(h)]ᵀ Ṽ[h, t]`` (= ``W̃_Kᵀ v_r`` in head space, with the
@@ -353,8 +450,8 @@ class SVDCache:
 
     @staticmethod
     def _converted(tab: _CoreTable, dtype: torch.dtype) -> tuple:
-        """The table in ``dtype`` (float64: itself), its computed entries converted once."""
-        if dtype == torch.float64:
+        """The table in ``dtype`` (its own dtype: itself), its held entries converted once."""
+        if dtype == tab.dtype:
             return tab.arrays()
         if dtype not in tab.conv:
             tab.conv[dtype] = (tuple(torch.empty(a.shape, dtype=dtype) for a in tab.arrays()),
@@ -372,13 +469,11 @@ class SVDCache:
         """``F̂[h, t] = F[h, t] diag(1/s) Q[h]`` (H, n_table, d_h, R) in ``dtype`` for the basis
         control of the summed decomposition route (``Q``: (H, R, R), the heads' Haar matrices,
         identified by ``key``, e.g. the control seed; ``s`` the singular values, zeros taken as 1).
-        Cached per (layer, dtype) for the latest ``key``, over the table's computed entries
+        Cached per (layer, dtype) for the latest ``key``, over the table's held entries
         (one product per entry here instead of one R×R product per pair there)."""
-        tab = self._core[layer]
+        tab = self._core[self._key(layer, dtype)]
         _, S, _, F = self._converted(tab, dtype)
-        hit = tab.ctl.get(dtype)
-        if hit is None or hit[0] != key:
-            hit = tab.ctl[dtype] = [key, torch.empty(F.shape, dtype=dtype), torch.zeros_like(tab.filled)]
+        hit, _ = self._control(tab, dtype, (key, Q))
         new = tab.filled & ~hit[2]
         if bool(new.any()):
             h, t = torch.nonzero(new, as_tuple=True)
@@ -388,19 +483,33 @@ class SVDCache:
         return hit[1]
 
     def __len__(self) -> int:
-        """Core SVDs computed so far, over all layers, heads and offsets."""
+        """Core SVDs held, over all tables, heads and offsets."""
         return sum(int(t.filled.sum()) for t in self._core.values())
 
 
-def svd_cache(heads: ModelHeads) -> SVDCache:
-    """The shared :class:`SVDCache` of ``heads`` (created on first use, freed with ``heads``).
+def _attached(heads: ModelHeads, attr: str, make) -> SVDCache:
+    """The cache kept on ``heads`` under ``attr`` (created by ``make`` on first use).
 
-    The cache is kept on ``heads`` itself: the two refer to each other and the garbage
-    collector frees both once neither is used. (A ``WeakKeyDictionary`` keyed by ``heads``,
-    as before, never freed either: its value, the cache, holds the key, so every analysed
-    model's cores stayed for the life of the process — 2.2 GB per Gemma-3 model.)"""
-    cache = heads.__dict__.get("_svd_cache")
+    It is kept on ``heads`` itself: the two refer to each other and the garbage collector frees
+    both once neither is used. (A ``WeakKeyDictionary`` keyed by ``heads`` never freed either:
+    its value, the cache, holds the key, so every analysed model's cores stayed for the life of
+    the process — 2.2 GB per Gemma-3 model; tests/real/test_cache_lifetime.py.)"""
+    cache = heads.__dict__.get(attr)
     if cache is None:
-        cache = SVDCache(heads)
-        object.__setattr__(heads, "_svd_cache", cache)
+        cache = make()
+        object.__setattr__(heads, attr, cache)
+    return cache
+
+
+def svd_cache(heads: ModelHeads) -> SVDCache:
+    """The shared :class:`SVDCache` of ``heads`` (created on first use, freed with ``heads``)."""
+    return _attached(heads, "_svd_cache", lambda: SVDCache(heads))
+
+
+def pipeline_cache(heads: ModelHeads, disk=None) -> SVDCache:
+    """The SAD pipeline's shared cache of ``heads`` (:func:`svfcheck.real.sad_step.decompose_batches`):
+    lean (one table per dtype, docs/math.md §4.5), with ``disk`` as its disk store (None: none;
+    set on every call, so it follows the caller's current choice); freed with ``heads``."""
+    cache = _attached(heads, "_pipeline_cache", lambda: SVDCache(heads, lean=True))
+    cache.disk = disk
     return cache

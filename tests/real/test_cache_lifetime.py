@@ -21,3 +21,17 @@ def test_cache_is_shared_and_freed_with_its_heads(tiny_models):
     del heads, cache
     gc.collect()
     assert dead_heads() is None and dead_cache() is None
+
+
+def test_pipeline_cache_is_shared_lean_and_freed_with_its_heads(tiny_models):
+    from svfcheck.real.svd_cache import pipeline_cache
+
+    heads = extract_heads(tiny_models("llama"))
+    cache = pipeline_cache(heads)
+    assert pipeline_cache(heads) is cache and cache.lean and cache is not svd_cache(heads)
+    cache.core(0, [0, 1])
+    assert len(cache) > 0
+    dead_heads, dead_cache = weakref.ref(heads), weakref.ref(cache)
+    del heads, cache
+    gc.collect()
+    assert dead_heads() is None and dead_cache() is None

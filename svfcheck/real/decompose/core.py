@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from ..capture import Capture
 from ..heads import ModelHeads
 from ..svd_cache import SVDCache, svd_cache
-from ..threads import parallel_map
+from ..threads import parallel_map, svd_workers
+from .budget import plan_rounds
 from .controls import _control_rotations
 from .fast import _fast_layer
 from .output import _Out
@@ -33,6 +35,7 @@ def decompose(
     options: DecomposeOptions | None = None,
     *,
     cache: SVDCache | None = None,
+    on_round=None,
     **overrides,
 ) -> Decomposition:
     """Decompose the logits of ``pairs`` exactly into d_h SVD terms (see the package docstring).
@@ -61,6 +64,8 @@ def decompose(
             fields, e.g. ``decompose(heads, cap, pairs, dtype=torch.float32)``.
         cache: the core SVDs per (layer, head, Δ); default the shared per-model
             :func:`~svfcheck.real.svd_cache.svd_cache`.
+        on_round: called after each round (docs/math.md §4.5; one without a memory budget) with
+            the indices of the pairs it decomposed (for progress).
 
     Returns:
         The :class:`~svfcheck.real.decompose.Decomposition`, per pair in the order of
@@ -98,9 +103,19 @@ def decompose(
         # inside; the new core SVDs of all layers in one pooled run: a few per layer still use
         # every core) and reading it, so that
         # 2. the layers, whose routes then only read their plan, can run side by side on one
-        # thread each
-        plans = plan_layers(heads, cap, pairs, cache, opts)
-        parallel_map(lambda plan: _run(plan, out), plans, workers=threads)
+        # thread each. Within a memory budget: round by round (docs/math.md §4.5)
+        if o.memory_budget is None:
+            rounds = [None]
+        else:
+            workers = svd_workers() if threads is None else threads
+            rounds = plan_rounds(heads, cap, pairs, cache, opts, int(o.memory_budget), workers)
+        for rnd in rounds:
+            units = None if rnd is None else [(u.layer, u.idx) for u in rnd.units]
+            plans = plan_layers(heads, cap, pairs, cache, opts, units, None if rnd is None else rnd.room)
+            parallel_map(lambda plan: _run(plan, out), plans, workers=threads)
+            if on_round is not None:
+                on_round(np.concatenate([p.idx for p in plans]) if plans else np.zeros(0, dtype=np.int64))
+            del plans  # the tables they read may be evicted by the next round
     keys, n_keys = _visible_keys(cap, pairs)
     return out.result(pairs, basis, keys, n_keys)
 

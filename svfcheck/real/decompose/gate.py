@@ -55,5 +55,6 @@ def gate_tolerance(
     if d.term_abs_max is None:
         raise ValueError("this Decomposition has no term_abs_max; recompute it with decompose()")
     u = torch.finfo(dtype).eps
-    R = d.terms.shape[1]
+    # terms may be absent from a decomposition put together from only some fields (sad_groups)
+    R = next(a.shape[1] for a in (getattr(d, f, None) for f in ("terms", "contributions", "singular_values")) if a is not None)
     return u * (c_floor + c_sum * np.sqrt(R) * d.term_abs_max)

@@ -91,23 +91,28 @@ class LayerPlan:
         return 0 if self.lh.rotary is None else self.lh.rotary.rotary_dim
 
 
-def plan_layers(heads: ModelHeads, cap: Capture, pairs: Pairs, cache: SVDCache, opts: Options) -> list[LayerPlan]:
-    """One :class:`LayerPlan` per layer of ``pairs`` (ascending), the cache filled and read.
+def plan_layers(heads: ModelHeads, cap: Capture, pairs: Pairs, cache: SVDCache, opts: Options, units=None,
+                room: int | None = None) -> list[LayerPlan]:
+    """One :class:`LayerPlan` per layer of ``pairs`` (ascending), or per unit of ``units``
+    (``(layer, idx)`` with ``idx`` some of that layer's pairs: docs/math.md §4.5), the cache
+    filled — its tables within ``room`` bytes when given — and read.
 
     Cold core SVDs run on every core inside :meth:`~svfcheck.real.svd_cache.SVDCache.prepare`;
     call this in the caller's thread, before the routes run side by side."""
     R = heads.layers[0].head_dim
+    if units is None:
+        units = [(int(l), np.flatnonzero(pairs.layer == l)) for l in np.unique(pairs.layer)]
     plans = []
-    for l in np.unique(pairs.layer):
+    for l, idx in units:
         l = int(l)
         lh = heads.layers[l]
         if lh.head_dim != R:
             raise ValueError("all layers must share one head dimension")
         rot = None if opts.rotations is None else tuple(Q[l] for Q in opts.rotations)
-        plans.append(LayerPlan(l, lh, _route(lh, opts), np.flatnonzero(pairs.layer == l), pairs, LayerCapture.of(cap, l),
-                               opts.dtype, opts.chunk, rot, CacheReads()))
+        plans.append(LayerPlan(l, lh, _route(lh, opts), idx, pairs, LayerCapture.of(cap, l), opts.dtype, opts.chunk, rot,
+                               CacheReads()))
     requests = [_core_request(p, cap.positions, opts) for p in plans]
-    cache.prepare([r for r in requests if r is not None])
+    cache.prepare([r for r in requests if r is not None], room=room)
     return [replace(p, cached=_read_cache(cache, p, r)) for p, r in zip(plans, requests)]
 
 

@@ -100,6 +100,10 @@ class DecomposeOptions:
             better than one stream on two intra-op threads and stay fast on busy cores; the
             results do not depend on ``threads`` (tested). The core SVDs are computed first, in
             the caller's thread, on all cores; torch's thread setting is restored afterwards.
+        memory_budget: bytes the decomposition may hold beyond its inputs and outputs: the
+            core tables and the routes' scratch (docs/math.md §4.5). The pairs then run in
+            rounds whose cores and scratch fit, and the cache evicts tables between them; the
+            results are the same (tested). ``None``: one round, nothing evicted.
     """
 
     basis: str = "pair"
@@ -111,6 +115,7 @@ class DecomposeOptions:
     per_key: bool = False
     chunk: int | None = None
     threads: int | None = None
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.basis not in ("pair", "zero"):
@@ -120,3 +125,6 @@ class DecomposeOptions:
         t = self.threads
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1):
             raise ValueError(f"threads must be >= 1 or None; got {t!r}")
+        b = self.memory_budget
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1):
+            raise ValueError(f"memory_budget must be a positive number of bytes or None; got {b!r}")
