@@ -23,12 +23,14 @@ from .cliargs import (
     MAX_PROMPTS,
     SEED_MAX,
     UsageError,
+    bounded_float,
     bounded_int,
     input_file,
     parse_args,
     prepare_out_dir,
     run_guarded,
 )
+from .real.settings import DEFAULT_MEMORY_BUDGET_GB, MAX_MEMORY_BUDGET_GB, MIN_MEMORY_BUDGET_GB  # standard library only
 
 SEED = bounded_int(0, SEED_MAX)
 
@@ -62,6 +64,7 @@ def _cmd_theory(args: argparse.Namespace) -> int:
 
 
 def _cmd_sad(args: argparse.Namespace) -> int:
+    from svfcheck.real.core_disk import default_disk
     from svfcheck.real.figures import write_figures
     from svfcheck.real.models import load_model
     from svfcheck.real.pipeline import run_sad
@@ -77,7 +80,8 @@ def _cmd_sad(args: argparse.Namespace) -> int:
             raise UsageError(f"--text-file only applies with --task text (got --task {args.task})")
         text_file = input_file(args.text_file, "--text-file")
     settings = SADSettings(heads=heads, selection=args.selection, circuit=args.circuit, seed=args.seed, dtype=args.dtype,
-                           basis=args.basis)
+                           basis=args.basis, memory_budget_gb=args.memory_budget)
+    default_disk()  # a core cache location that cannot be used is a usage error before any work
     out = prepare_out_dir(args.out)  # before the analysis: a bad --out must not cost a finished analysis
     progress = not args.quiet
     lm = load_model(args.model, revision=args.revision, progress=progress)
@@ -183,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--basis", choices=("pair", "zero"), default="pair",
                    help="singular basis of each pair: pair = the SVD of Ω(Δ) at the pair's own offset (exact), "
                         "zero = Ω(0) for every pair (the paper's App. D approximation under RoPE; default: pair)")
+    s.add_argument("--memory-budget", type=bounded_float(MIN_MEMORY_BUDGET_GB, MAX_MEMORY_BUDGET_GB, " of GB"),
+                   default=DEFAULT_MEMORY_BUDGET_GB, metavar="GB",
+                   help="memory the decomposition may use beyond the model and its activations, at any context "
+                        f"length (default: {DEFAULT_MEMORY_BUDGET_GB:g}); results do not depend on it. Core SVDs are "
+                        "also kept on disk (SVFCHECK_CORE_CACHE=off to turn off, SVFCHECK_CORE_CACHE_GB to bound)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_sad)
     return p

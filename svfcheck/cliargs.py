@@ -5,7 +5,7 @@ argparse ``type=`` callables, an ``ArgumentTypeError`` that argparse prefixes wi
 name) whose message names the flag, the value and what to do. The subcommands print it and exit
 2, without a traceback: see :func:`run_guarded`.
 
-- :func:`bounded_int` / :func:`int_list` — argparse types for integers with bounds;
+- :func:`bounded_int` / :func:`int_list` / :func:`bounded_float` — argparse types for numbers with bounds;
 - :func:`prepare_out_dir` / :func:`prepare_out_file` — create (or check) an output location and
   prove it writable *before* an analysis, so that no result is computed and then lost;
 - :func:`input_file` — an existing, readable regular file.
@@ -14,6 +14,7 @@ name) whose message names the flag, the value and what to do. The subcommands pr
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -26,6 +27,7 @@ __all__ = [
     "SEED_MAX",
     "UsageError",
     "bounded_int",
+    "bounded_float",
     "int_list",
     "input_file",
     "prepare_out_dir",
@@ -64,6 +66,22 @@ def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
         return v
 
     parse.__name__ = f"integer in [{lo}, {hi}]"
+    return parse
+
+
+def bounded_float(lo: float, hi: float, unit: str = "") -> Callable[[str], float]:
+    """An argparse ``type=`` accepting finite numbers in ``[lo, hi]`` (argparse names the flag)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number{unit}, got {text!r}") from None
+        if not math.isfinite(v) or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; expected a number{unit} from {lo:g} to {hi:g}")
+        return v
+
+    parse.__name__ = f"number in [{lo:g}, {hi:g}]"
     return parse
 
 

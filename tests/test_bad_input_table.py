@@ -105,6 +105,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     for name, n in (("spec", 2), ("spec_many", 99999999999)):
         w[name] = root / f"{name}.toml"
         Path(w[name]).write_text(SPEC.format(model=w["small"], n_prompts=n))
+    w["spec_budget"] = root / "budget.toml"
+    Path(w["spec_budget"]).write_text(SPEC.format(model=w["small"], n_prompts=2) + "[analysis]\nmemory_budget_gb = 0\n")
     w["spec_notoml"] = root / "notoml.toml"
     Path(w["spec_notoml"]).write_text("[model\nname = ")
     w["spec_badkey"] = root / "badkey.toml"
@@ -224,6 +226,19 @@ CASES = [
     C("sad-text-too-short", "sad --model {small} --task text --n-prompts 50 --out {tmp}", "too short", "50 prompts"),
     C("sad-prompt-beyond-positions", "sad --model {small} --task text --text-file {long} --prompt-tokens 200 "
       "--n-prompts 1 --out {tmp}", "200 tokens", "128 positions", "--prompt-tokens"),
+    # ---------------------------------------------------------------- sad: memory budget, core cache
+    C("sad-memory-budget-zero", "sad --model {small} --memory-budget 0 --out {tmp}", "--memory-budget", "'0'"),
+    C("sad-memory-budget-negative", "sad --model {small} --memory-budget -1 --out {tmp}", "--memory-budget", "'-1'"),
+    C("sad-memory-budget-absurd", "sad --model {small} --memory-budget 1e9 --out {tmp}", "--memory-budget", "'1e9'",
+      "4096"),
+    C("sad-memory-budget-nan", "sad --model {small} --memory-budget nan --out {tmp}", "--memory-budget", "'nan'"),
+    C("sad-memory-budget-word", "sad --model {small} --memory-budget lots --out {tmp}", "--memory-budget", "'lots'"),
+    C("sad-core-cache-is-file", "sad --model {small} --out {tmp}", "SVFCHECK_CORE_CACHE", "{file}", "is a file",
+      SVFCHECK_CORE_CACHE="{file}"),
+    C("sad-core-cache-under-file", "sad --model {small} --out {tmp}", "SVFCHECK_CORE_CACHE", "{file}",
+      SVFCHECK_CORE_CACHE="{under_file}"),
+    C("sad-core-cache-size-negative", "sad --model {small} --out {tmp}", "SVFCHECK_CORE_CACHE_GB", "'-2'",
+      SVFCHECK_CORE_CACHE_GB="-2"),
     # ---------------------------------------------------------------- sad: output
     C("sad-out-is-file", "sad --model {small} --out {file}", "--out", "{file}"),
     C("sad-out-under-file", "sad --model {small} --out {under_file}", "--out", "{under_file}"),
@@ -272,6 +287,7 @@ CASES = [
     C("gate-spec-not-toml", "gate {spec_notoml}", "{spec_notoml}"),
     C("gate-spec-unknown-key", "gate {spec_badkey}", "{spec_badkey}", "headz"),
     C("gate-spec-n-prompts-huge", "gate {spec_many}", "{spec_many}", "n_prompts"),
+    C("gate-spec-memory-budget-zero", "gate {spec_budget}", "{spec_budget}", "analysis.memory_budget_gb", "0.01"),
     C("gate-unsupported-architecture", "gate {spec_opt}", "{spec_opt}", "'opt'", "supported"),
     C("gate-json-is-folder", "gate {spec} --json {folder}", "--json", "{folder}"),
     C("gate-json-under-file", "gate {spec} --json {under_file}/g.json", "--json", "{under_file}"),

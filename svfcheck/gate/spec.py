@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..real.settings import SADSettings
+from ..real.settings import DEFAULT_MEMORY_BUDGET_GB, MAX_MEMORY_BUDGET_GB, MIN_MEMORY_BUDGET_GB, SADSettings
 from ..tomltables import TableError, TableReader, read_toml, show as _show, tname as _tname
 
 __all__ = [
@@ -213,7 +213,7 @@ def _settings(file: Path, pairs: Any, analysis: Any, task: TaskSpec) -> tuple[SA
                     'task.kind = "ioi", or heads = "all"/a list with selection = "top"')
     discover_top = r.int_("discover_top", 3, lo=1, hi=1000)
     min_pairs = r.int_("min_pairs", 500, lo=MIN_PAIRS_FLOOR)
-    a = _Reader(file, "analysis", analysis, ("dtype", "basis", "seed", "n_boot", "batch_size"))
+    a = _Reader(file, "analysis", analysis, ("dtype", "basis", "seed", "n_boot", "batch_size", "memory_budget_gb"))
     n_boot = a.int_("n_boot", 10_000, lo=100, hi=1_000_000)
     settings = SADSettings(
         heads=heads, selection=selection, circuit=circuit, discover_top=discover_top,
@@ -222,6 +222,8 @@ def _settings(file: Path, pairs: Any, analysis: Any, task: TaskSpec) -> tuple[SA
         seed=a.int_("seed", 0, lo=0, hi=2**32 - 1),
         n_boot=n_boot, n_boot_head=min(n_boot, 1000),
         batch_size=a.int_("batch_size", 8, lo=1, hi=4096),
+        memory_budget_gb=a.float_("memory_budget_gb", DEFAULT_MEMORY_BUDGET_GB, lo=MIN_MEMORY_BUDGET_GB,
+                                  hi=MAX_MEMORY_BUDGET_GB),
     )
     return settings, min_pairs
 

@@ -206,6 +206,30 @@ def pair_rows(doc: dict[str, Any], folder: str | os.PathLike | None = None) -> l
     return rows
 
 
+#: The decomposition fields :func:`analyze` reads (``StepOptions.keep``).
+_KEEP = ("attention", "relative_attention", "contributions", "k", "rolls_tovee", "k_rotated", "rolls_tovee_rotated",
+         "rolls_tovee_paper_control", "keys")
+
+
+def _by_layer(cap, b: int, fn, head_pairs, **kw) -> list:
+    """``fn``'s pairs (:func:`~svfcheck.tasks.selection.top_key_pairs` or
+    :func:`~svfcheck.tasks.selection.threshold_pairs`) of the batch's row ``b``, in the order
+    one call over every layer gives — by (layer, head) in ``head_pairs`` order (all heads:
+    ascending), then ``fn``'s order within a head — but one layer at a time, on views of the
+    capture: no stacked copy of every layer's attention, and ``fn``'s temporaries are one
+    layer's (docs/math.md §4.5)."""
+    n = int(cap.token_mask[b].sum())
+    L, H = cap.n_layers, cap.attn[0].shape[1]
+    order = [(l, h) for l in range(L) for h in range(H)] if head_pairs is None else [tuple(x) for x in head_pairs]
+    per: dict = {}
+    for l in sorted({l for l, _ in order}):
+        hs = None if head_pairs is None else [(0, h) for ll, h in order if ll == l]
+        got = fn(cap.attn[l][b, :, :n, :n][None], cap.visible[l][b, :n, :n][None, None], heads=hs, prompt_index=b, **kw)
+        for p in got.pairs:
+            per.setdefault((l, p.head), []).append(dataclasses.replace(p, layer=l))
+    return [p for lh in order for p in per.get(lh, [])]
+
+
 def _effect(e: stats.Effect) -> dict[str, Any]:
     return {"estimate": e.estimate, "low": e.low, "high": e.high, "level": e.level, "n": e.n,
             "n_other": e.n_other, "n_boot": e.n_boot, "seed": e.seed}
@@ -305,14 +329,13 @@ def analyze(
     def select(s, ids, mask, cap):
         sel = []
         for b in range(ids.shape[0]):
-            attn, vis = cap.prompt_views(b)
             if selection == "circuit":
-                got = circuit_pairs(attn, Positions(ps[s + b].positions), table, vis, prompt_index=b)
+                attn, vis = cap.prompt_views(b)
+                sel.extend(circuit_pairs(attn, Positions(ps[s + b].positions), table, vis, prompt_index=b).pairs)
             elif selection == "top":
-                got = top_key_pairs(attn, vis, skip_first=True, heads=head_pairs, prompt_index=b)
+                sel.extend(_by_layer(cap, b, top_key_pairs, head_pairs, skip_first=True))
             else:
-                got = threshold_pairs(attn, vis, heads=head_pairs, prompt_index=b)
-            sel.extend(got.pairs)
+                sel.extend(_by_layer(cap, b, threshold_pairs, head_pairs))
         if not sel:
             return None
         return Pairs.of(*np.array([[q.prompt_index, q.layer, q.head, q.query, q.key] for q in sel]).T), sel
@@ -337,7 +360,8 @@ def analyze(
         cols["rolls_tovee_paper_control"].append(d.rolls_tovee_paper_control)
         cols["role"].append(np.array([q.role for q in sel], dtype=object))
 
-    options = StepOptions(basis=basis, seed=seed, dtype=dtype, threads=threads)
+    options = StepOptions(basis=basis, seed=seed, dtype=dtype, threads=threads, memory_budget_gb=st.memory_budget_gb,
+                          keep=_KEEP, progress=progress)
     totals = decompose_batches(model, mh, _progress(batches, len(batches), f"{loaded.name}: SAD", progress), select,
                                collect, options, captures=caps)
     max_err = totals.max_reconstruction_error

@@ -6,7 +6,10 @@ for each padded batch it captures the model's activations (or takes a capture ma
 e.g. by head discovery), asks the caller's ``select`` for the batch's pairs, decomposes them
 exactly with both rotation controls (:func:`svfcheck.real.decompose.decompose`) and hands a
 :class:`BatchSAD` to the caller's ``on_batch``, which keeps what it needs (its own per-pair
-columns, examples); the maximum reconstruction error and the time spent are returned.
+columns, examples); the maximum reconstruction error and the time spent are returned. With a
+memory budget (``StepOptions.memory_budget_gb``, docs/math.md §4.5) each batch is decomposed
+by :mod:`svfcheck.real.sad_groups` on the pipeline's lean core cache, in layer groups and
+rounds that fit, with the persistent core cache of docs/math.md §4.6 and a progress bar.
 
 :func:`default_dtype` is the decomposition dtype when none is asked for (docs/math.md §3.15).
 """
@@ -22,8 +25,9 @@ from typing import Any
 import torch
 
 from .capture import Capture, capture
-from .decompose import Decomposition, Pairs, decompose
+from .decompose import Decomposition, Pairs
 from .heads import ModelHeads
+from .sad_groups import _Runner
 from .threads import single_thread
 from ..tasks.selection import Positions, discover_heads
 
@@ -44,19 +48,29 @@ class StepOptions:
 
     ``dtype`` None: :func:`default_dtype`. ``threads``: layers side by side
     (:func:`~svfcheck.real.decompose.decompose`). ``single_thread``: run the decomposition on one
-    intra-op thread (:func:`~svfcheck.real.threads.single_thread`)."""
+    intra-op thread (:func:`~svfcheck.real.threads.single_thread`). ``memory_budget_gb``: the
+    decomposition's memory budget (docs/math.md §4.5; ``None``: unbounded, as
+    :func:`~svfcheck.real.decompose.decompose` alone). ``core_cache``: with a budget, read and
+    write core entries on disk (:func:`~svfcheck.real.core_disk.default_disk`, docs/math.md §4.6).
+    ``keep``: the :class:`~svfcheck.real.decompose.Decomposition` fields the caller reads
+    (``None``: all); when a batch is decomposed in layer groups only these are put together,
+    the others are ``None``. ``progress``: a progress bar per batch."""
 
     basis: str = "pair"
     seed: int = 0
     dtype: torch.dtype | None = None
     threads: int | None = None
     single_thread: bool = False
+    memory_budget_gb: float | None = None
+    core_cache: bool = True
+    keep: tuple[str, ...] | None = None
+    progress: bool = False
 
     @classmethod
-    def of(cls, settings, *, threads: int | None = None, single_thread: bool = False) -> StepOptions:
+    def of(cls, settings, *, threads: int | None = None, single_thread: bool = False, **kw: Any) -> StepOptions:
         """The step options of :class:`~svfcheck.real.settings.SADSettings` ``settings``."""
         return cls(basis=settings.basis, seed=settings.seed, dtype=settings.torch_dtype, threads=threads,
-                   single_thread=single_thread)
+                   single_thread=single_thread, memory_budget_gb=settings.memory_budget_gb, **kw)
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +124,7 @@ def decompose_batches(
     """
     dtype = default_dtype(heads) if options.dtype is None else options.dtype
     totals = StepTotals()
+    run = _Runner(heads, options, dtype)
     for start, ids, mask in batches:
         t0 = time.perf_counter()
         cap = captures.pop(start) if captures and start in captures else capture(model, ids, mask, heads=heads)
@@ -119,9 +134,10 @@ def decompose_batches(
         if sel is None:
             continue
         pairs, payload = sel
+        box = [cap]
+        del cap  # the runner drops each layer group's attention once decomposed
         with single_thread() if options.single_thread else contextlib.nullcontext():
-            d = decompose(heads, cap, pairs, basis=options.basis, controls=True, seed=options.seed, dtype=dtype,
-                          threads=options.threads)
+            d = run(box, pairs, f"prompts {start}-{start + ids.shape[0] - 1}")
         totals.max_reconstruction_error = max(totals.max_reconstruction_error, d.max_reconstruction_error)
         totals.n_pairs += len(pairs)
         on_batch(BatchSAD(start, ids, mask, pairs, payload, d))

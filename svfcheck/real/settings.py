@@ -10,12 +10,17 @@ imports only the standard library (torch on demand, for :attr:`SADSettings.torch
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-__all__ = ["SADSettings", "HEAD_MODES", "SELECTIONS", "BASES", "DTYPES"]
+__all__ = ["SADSettings", "HEAD_MODES", "SELECTIONS", "BASES", "DTYPES", "DEFAULT_MEMORY_BUDGET_GB"]
 
 HEAD_MODES = ("all", "paper", "discover")
+#: The decomposition's default memory budget (docs/math.md §4.5), and the accepted range: below
+#: 0.01 GB even a small model's smallest unit of work does not fit; above 4096 GB is no budget.
+DEFAULT_MEMORY_BUDGET_GB = 2.0
+MIN_MEMORY_BUDGET_GB, MAX_MEMORY_BUDGET_GB = 0.01, 4096.0
 SELECTIONS = ("top", "threshold", "circuit")
 BASES = ("pair", "zero")
 DTYPES = ("float32", "float64")
@@ -46,6 +51,12 @@ class SADSettings:
         basis: ``"pair"`` (Ω(Δ) of each pair's own offset) or ``"zero"`` (Ω(0), docs/math.md §3.10).
         batch_size: prompts per forward pass.
         n_boot: bootstrap resamples of the model summary; ``n_boot_head`` per head.
+        memory_budget_gb: GB the decomposition may hold beyond the model, its captured
+            activations and the per-pair results (its core tables and working arrays,
+            docs/math.md §4.5), at any context length and number of prompts. It changes no
+            result, so it is not part of ``sad.json``'s settings; a larger one keeps more
+            cores in memory (fewer recomputed or read from disk). ``None`` (Python only, no spec
+            form): no budget, every core held and none stored on disk.
     """
 
     heads: str | tuple = "all"
@@ -58,6 +69,7 @@ class SADSettings:
     batch_size: int = 8
     n_boot: int = 10_000
     n_boot_head: int = 1_000
+    memory_budget_gb: float | None = DEFAULT_MEMORY_BUDGET_GB
 
     def __post_init__(self) -> None:
         h = self.heads
@@ -82,6 +94,13 @@ class SADSettings:
         _int("batch_size", self.batch_size, 1)
         _int("n_boot", self.n_boot, 100)
         _int("n_boot_head", self.n_boot_head, 100)
+        b = self.memory_budget_gb
+        if b is None:
+            return
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or not MIN_MEMORY_BUDGET_GB <= b <= MAX_MEMORY_BUDGET_GB:
+            raise ValueError(f"memory_budget_gb must be a number of GB in [{MIN_MEMORY_BUDGET_GB:g}, {MAX_MEMORY_BUDGET_GB:g}]; "
+                             f"got {b!r}")
+        object.__setattr__(self, "memory_budget_gb", float(b))
 
     @property
     def torch_dtype(self):
@@ -111,6 +130,8 @@ class SADSettings:
         gate's ``min(n_boot, 1000)``."""
         if not isinstance(self.heads, str) and any(hasattr(h, "layer") for h in self.heads):
             raise ValueError("a spec's heads are a mode or [layer, head] pairs; a CircuitHead table has no TOML form")
+        if self.memory_budget_gb is None:
+            raise ValueError("a spec always has a memory budget (memory_budget_gb); these settings have none")
         if self.n_boot_head != min(self.n_boot, 1000):
             raise ValueError(f"a spec sets per-head bootstraps to min(n_boot, 1000) = {min(self.n_boot, 1000)}; "
                              f"these settings have n_boot_head = {self.n_boot_head}")
@@ -119,7 +140,8 @@ class SADSettings:
         pairs += [f'{k} = "{v}"' for k, v in (("selection", self.selection), ("circuit", self.circuit)) if v is not None]
         pairs.append(f"discover_top = {self.discover_top}")
         analysis = ([f'dtype = "{self.dtype}"'] if self.dtype is not None else []) + [
-            f'basis = "{self.basis}"', f"seed = {self.seed}", f"n_boot = {self.n_boot}", f"batch_size = {self.batch_size}"]
+            f'basis = "{self.basis}"', f"seed = {self.seed}", f"n_boot = {self.n_boot}", f"batch_size = {self.batch_size}",
+            f"memory_budget_gb = {self.memory_budget_gb!r}"]
         return "[pairs]\n" + "\n".join(pairs) + "\n\n[analysis]\n" + "\n".join(analysis) + "\n"
 
     @classmethod
