@@ -23,6 +23,11 @@ SPEC strings (:func:`parse_series`, used by the CLI):
   ``pythia:EleutherAI/pythia-160m`` alone uses :func:`pythia_steps` (all 154 checkpoints);
   ``@0-143000/8`` picks 8 log-spaced valid Pythia steps between the bounds.
 - ``hub:ORG/MODEL@rev1=STEP1,rev2=STEP2`` — any hub model with named revisions.
+- ``model:NAME[@REVISION][#STEP]`` — one model as a one-checkpoint series at ``STEP``
+  (default 0): an offline name (its packaged weights, resolved to their folder so that they
+  are hashed like any checkpoint), a local folder or a hub id (``@REVISION``, default
+  ``main``). For a sweep over models rather than over training (final weights of several
+  models, each against its random initialisation).
 - ``run:DIR`` — a training run; ``DIR`` alone (an existing path) is a run if it holds
   ``run.json``, else a folder of ``step{N}`` checkpoints or a manifest ``.json`` file.
 
@@ -279,6 +284,30 @@ def _parse_steps(text: str, spec: str) -> list[int]:
         raise ValueError(f"bad step list {text!r} in {spec!r}: expected comma-separated ints") from None
 
 
+def _model_series(spec: str) -> CheckpointSeries:
+    """``model:NAME[@REVISION][#STEP]``: one model as a one-checkpoint series (module docstring)."""
+    body, hash_, step_text = spec[len("model:"):].partition("#")
+    name, at, revision = body.partition("@")
+    name = name.strip()
+    if not name or (at and not revision.strip()):
+        raise ValueError(f"{spec!r}: expected model:NAME[@REVISION][#STEP], e.g. model:smollm2-135m or "
+                         "model:EleutherAI/pythia-160m@step143000#143000")
+    step = 0
+    if hash_:
+        if not step_text.strip().isdigit():
+            raise ValueError(f"{spec!r}: the step after '#' must be a non-negative whole number, got {step_text!r}")
+        step = int(step_text)
+    from svfcheck.real.errors import ModelLoadError
+    from svfcheck.real.models import model_location
+
+    try:
+        locator, rev = model_location(name, revision.strip() or None)
+    except ModelLoadError as exc:  # a bad SPEC is a ValueError here, naming the SPEC
+        raise ValueError(f"{spec!r}: {exc}") from None
+    label = name.rstrip("/").rsplit("/", 1)[-1]
+    return CheckpointSeries(label, (Checkpoint(step, locator, rev),), source="model")
+
+
 def parse_series(spec: str) -> CheckpointSeries:
     """Parse a SPEC string (module docstring) into a validated :class:`CheckpointSeries`."""
     if not isinstance(spec, str) or not spec.strip():
@@ -301,6 +330,8 @@ def parse_series(spec: str) -> CheckpointSeries:
                 raise ValueError(f"{spec!r}: bad revision item {item!r}; expected REV=STEP")
             cks.append(Checkpoint(int(step), model, rev))
         return CheckpointSeries(model, tuple(cks), source="hub")
+    if spec.startswith("model:"):
+        return _model_series(spec)
     if spec.startswith("run:"):
         return CheckpointSeries.from_run(spec[len("run:"):])
     if spec.startswith("folder:"):

@@ -265,6 +265,16 @@ def _resolve(name: str, revision: str | None, cache_dir, progress: bool) -> tupl
     return "hub", name, None
 
 
+def model_location(name: str, revision: str | None = None, *, progress: bool = False) -> tuple[str, str | None]:
+    """Where :func:`load_model` would load ``name`` from, without loading it: ``(folder, None)``
+    for an offline name (a GGUF one converted into the cache first, as :func:`load_model` does)
+    or a local folder; ``(hub id, revision or "main")`` for a hub id. Raises
+    :class:`ModelLoadError` as :func:`load_model` does (unknown offline name, a file, a revision
+    given to a folder or an offline name)."""
+    _, location, path = _resolve(name, revision, None, progress)
+    return (path, None) if path is not None else (location, revision or "main")
+
+
 def _hub_offline() -> bool:
     """HF_HUB_OFFLINE as set in the environment or as huggingface_hub read it at import."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:

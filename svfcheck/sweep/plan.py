@@ -1,7 +1,7 @@
 """Sweep plans (TOML) → validated frozen dataclasses.
 
 A plan names checkpoint series (trained here from an emergence preset, or read from a run
-folder, a folder of checkpoints, a manifest or Pythia-style hub revisions — the sources
+folder, a folder of checkpoints, a manifest, Pythia-style hub revisions or a single model — the sources
 ``svfcheck emergence --series`` reads), analyses (an emergence task with its settings, or a
 gate spec) and seeds; the sweep is their product (:mod:`svfcheck.sweep.tasks`). The format is
 documented in ``plans/README.md``. Anything wrong raises :class:`PlanError` naming the file,
@@ -124,7 +124,7 @@ def _series(file: Path, i: int, t: Any) -> SeriesPlan:
     if (preset is None) == (source is None):
         raise r.err("preset", "give exactly one of preset and source",
                     'preset = "induction-gpt2" (trained here) or source = "run:DIR" / "folder:DIR" / a manifest / '
-                    '"pythia:MODEL@STEPS"')
+                    '"pythia:MODEL@STEPS" / "model:NAME" (one model: offline name, folder or hub id)')
     train: dict[str, Any] = {}
     if preset is not None:
         from ..emergence.config import PRESETS, LMTrainConfig
@@ -142,7 +142,11 @@ def _series(file: Path, i: int, t: Any) -> SeriesPlan:
             raise r.err("train", str(e), "overrides that LMTrainConfig accepts") from None
     elif "train" in r.table:
         raise r.err("train", "only applies to a preset series", "no train table, or preset = ...")
-    if source is not None and not re.match(r"(pythia|hub):", source):
+    if source is not None and source.startswith("model:"):  # a name or hub id; a folder relative to the plan
+        model = source[len("model:"):].split("#", 1)[0].split("@", 1)[0]
+        if model and not Path(model).is_absolute() and (file.parent / model).is_dir():
+            source = "model:" + str((file.parent / model).resolve()) + source[len("model:") + len(model):]
+    elif source is not None and not re.match(r"(pythia|hub):", source):
         p = Path(source.split(":", 1)[1] if re.match(r"(run|folder):", source) else source)
         if not p.is_absolute():
             resolved = (file.parent / p).resolve()

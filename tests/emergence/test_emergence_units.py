@@ -339,6 +339,31 @@ def test_series_pythia():
     assert h.steps == [0, 10] and h.at(10).revision == "b"
 
 
+def test_series_single_model(tmp_path):
+    """model:NAME is a one-checkpoint series: an offline name resolves to its packaged folder
+    (so its weights are hashed like any checkpoint's), a folder stays a folder, a hub id keeps
+    its revision (default main); the step comes after '#'. Bad SPECs name themselves."""
+    from svfcheck.real.models import OFFLINE_MODELS
+
+    m = parse_series("model:minilm-l6")
+    assert m.steps == [0] and m.name == "minilm-l6" and m.source == "model"
+    assert m[0].is_local and m[0].locator == str(OFFLINE_MODELS["minilm-l6"].locate())
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    f = parse_series(f"model:{folder}#500")
+    assert f.steps == [500] and f[0].locator == str(folder) and f[0].is_local and f.name == "mine"
+    h = parse_series("model:EleutherAI/pythia-160m@step143000#143000")
+    assert h.steps == [143000] and h[0].revision == "step143000" and not h[0].is_local and h.name == "pythia-160m"
+    assert parse_series("model:org/m")[0].revision == "main"
+    for bad, needle in (("model:", "expected model:NAME"), ("model:org/m@", "expected model:NAME"),
+                        ("model:minilm-l6#x", "non-negative whole number"), ("model:smollm-135m", "did you mean"),
+                        ("model:minilm-l6@v2", "single packaged version"), (f"model:{folder}@v1", "local folder")):
+        with pytest.raises(ValueError, match=needle) as e:
+            parse_series(bad)
+        assert bad in str(e.value)
+
+
 def test_series_spec_errors(tmp_path):
     with pytest.raises(ValueError, match="neither an existing path"):
         parse_series(str(tmp_path / "nothing"))

@@ -108,3 +108,28 @@ def test_task_analyses_need_series_and_files_must_be_plans(write_plan, tmp_path)
         load_plan(tmp_path / "bin.toml")
     with pytest.raises(PlanError, match="malformed TOML"):
         load_plan(write_plan("[[series]\n"))
+
+
+def test_model_sources_keep_their_series_name_and_resolve_folders(write_plan):
+    """``model:`` sources: a folder relative to the plan becomes absolute (revision and step
+    kept); a hub id or offline name is left as written; the series keeps its own name."""
+    f = write_plan("""\
+        seeds = [0]
+        [[series]]
+        name = "mine"
+        source = "model:final#200"
+        [[series]]
+        name = "hub"
+        source = "model:org/m@v2#7"
+        [[series]]
+        name = "offline"
+        source = "model:smollm2-135m"
+        [[analysis]]
+        name = "a"
+        task = "induction"
+        """)
+    (f.parent / "final").mkdir()
+    p = load_plan(f)
+    assert [s.name for s in p.series] == ["mine", "hub", "offline"]
+    assert [s.source for s in p.series] == [f"model:{(f.parent / 'final').resolve()}#200", "model:org/m@v2#7",
+                                            "model:smollm2-135m"]

@@ -225,3 +225,37 @@ def test_a_failing_task_is_retried_reported_and_the_rest_complete(smoke, tmp_pat
     rows = read_parquet(tmp_path / "out" / "sweep.parquet")
     assert {r["step"] for r in rows if r["kind"] == "checkpoint"} == {first, last}
     assert any(r["kind"] == "contrast" and r["metric"] == "first_step" and r["value"] == first for r in rows)
+
+
+def test_single_models_as_series_give_the_run_numbers(smoke, tmp_path):
+    """``source = "model:FOLDER#STEP"``: one model per series (a sweep over models, not over
+    training). Each smoke run's final checkpoint, named as a plain model folder, gives the very
+    rows its run series gave at that step (same heads, found at that checkpoint; same weights
+    hash) and its random-init reference; a relative folder resolves against the plan's folder."""
+    series = ""
+    for s in ("induction-s0", "induction-s1"):
+        run = smoke.out_dir / "runs" / s
+        last = max(int(p.parent.name[4:]) for p in run.glob("step*/config.json"))
+        local = tmp_path / f"{s}-final"
+        shutil.copytree(run / f"step{last}", local)
+        series += f'[[series]]\nname = "{s}"\nsource = "model:{local.name}#{last}"\n'
+    plan = tmp_path / "models.toml"
+    plan.write_text('seeds = [0]\n' + series + textwrap.dedent("""\
+        [[analysis]]
+        name = "induction"
+        task = "induction"
+        settings = { n_prompts = 8, head_sequences = 32, n_boot = 500, n_boot_contrast = 1000 }
+        """))
+    res = run_sweep(load_plan(plan), tmp_path / "out", engine="local", progress=False, figures=False)
+    assert res.data["n_failed"] == 0 and res.data["n_tasks"] == 6, res.data["failures"]
+    assert {t["kind"] for t in res.data["tasks"]} == {"heads", "checkpoint", "random-init"}
+    final = {}
+    for r in smoke.rows:
+        if r["kind"] == "checkpoint":
+            final.setdefault(r["series"], {})[r["step"]] = final.get(r["series"], {}).get(r["step"], []) + [r]
+    for s in ("induction-s0", "induction-s1"):
+        got = [r for r in res.rows if r["series"] == s and r["kind"] == "checkpoint"]
+        want = final[s][max(final[s])]
+        assert got, sorted({(r["kind"], r["series"]) for r in res.rows})
+        assert got == want
+        assert any(r["kind"] == "random-init" and r["series"] == s for r in res.rows)
