@@ -19,6 +19,7 @@ import numpy as np
 
 from .capture import Capture
 from .decompose import Decomposition, Pairs, decompose
+from .decompose.budget import BudgetError
 from .heads import ModelHeads
 from .svd_cache import pipeline_cache
 
@@ -133,8 +134,19 @@ class _Runner:
                     self._note(bar, int(sub.layer[idx].max()) if len(idx) else 0)
                     bar.update(len(idx))
 
-                room = self.budget - output_bytes(len(g), R)
-                d = decompose(self.heads, cap, sub, cache=self.cache, memory_budget=max(1, room), on_round=step, **kw)
+                out = output_bytes(len(g), R)
+                try:
+                    d = decompose(self.heads, cap, sub, cache=self.cache, memory_budget=max(1, self.budget - out),
+                                  on_round=step, **kw)
+                except BudgetError as e:  # say it in the user's terms: their budget, what took it
+                    ls = np.unique(sub.layer)
+                    where = f"layer {ls[0]}" if len(ls) == 1 else f"layers {ls[0]}-{ls[-1]}"
+                    raise BudgetError(
+                        f"a memory budget of {self.budget / GB:.3g} GB is too small for this analysis: the per-pair "
+                        f"results of {where} ({len(g):,} pairs) take {out / GB:.3g} GB of it "
+                        f"and the smallest piece of their decomposition needs {e.need / GB:.3g} GB more; raise the "
+                        f"memory budget (--memory-budget, memory_budget_gb) to at least "
+                        f"{1.25 * (out + e.need) / GB:.2g} GB", e.need) from None
                 if merged is None:
                     return d
                 merged.add(g, d)

@@ -200,6 +200,32 @@ def test_pipeline_budget_groups_layers_and_keeps_fields(setup, monkeypatch):
     assert isinstance(g.pairs, Pairs) and len(g.pairs) == len(pairs)
 
 
+def test_pipeline_budget_too_small_names_the_users_budget_and_what_to_set(setup):
+    """A budget the per-pair results leave (almost) nothing of is refused in the user's terms:
+    their budget in GB (not the 1 byte left for the decomposition), what the results take, the
+    smallest piece's need and a budget that would do; that budget then runs."""
+    from svfcheck.real.sad_step import StepOptions, decompose_batches
+
+    heads, cap, pairs = setup("llama")
+    R = heads.layers[0].head_dim
+    from svfcheck.real.sad_groups import GB, output_bytes
+
+    small = output_bytes(len(pairs), R) / GB  # the results alone fill it
+    batch = [(0, cap.input_ids, cap.token_mask.long())]
+    opts = StepOptions(seed=3, dtype=torch.float64, memory_budget_gb=small, core_cache=False)
+    with pytest.raises(bm.BudgetError) as e:
+        decompose_batches(None, heads, batch, lambda *a: (pairs, None), lambda r: None, opts, captures={0: cap})
+    msg = str(e.value)
+    n0 = int((pairs.layer == 0).sum())  # a quarter of the budget holds less than a layer: one layer per group
+    assert f"a memory budget of {small:.3g} GB is too small" in msg and f"layer 0 ({n0:,} pairs)" in msg
+    assert e.value.need > 0
+    suggested = float(msg.rsplit("at least ", 1)[1].split(" GB")[0])
+    got = []
+    opts = StepOptions(seed=3, dtype=torch.float64, memory_budget_gb=suggested, core_cache=False)
+    decompose_batches(None, heads, batch, lambda *a: (pairs, None), lambda r: got.append(r), opts, captures={0: cap})
+    assert len(got) == 1 and len(got[0].decomposition.pairs) == len(pairs)
+
+
 @pytest.mark.parametrize("which", ["top", "threshold"])
 def test_selection_one_layer_at_a_time_gives_the_same_pairs_in_the_same_order(setup, which):
     """analyze selects pairs from views of one layer's attention at a time (no stacked copy of

@@ -40,7 +40,12 @@ _MAX_PARTS = 16
 
 
 class BudgetError(ValueError):
-    """The budget cannot hold even the smallest unit of this decomposition."""
+    """The budget cannot hold even the smallest unit of this decomposition; ``need``: the bytes
+    that smallest unit needs (its cores and scratch)."""
+
+    def __init__(self, message: str, need: int = 0):
+        super().__init__(message)
+        self.need = int(need)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +145,7 @@ def _by_offsets(heads: ModelHeads, cap: Capture, pairs: Pairs, opts: Options, u:
             need = max(cost(x) for x in units)
             raise BudgetError(f"a memory budget of {budget / 2**30:.3g} GB is too small for this decomposition: one head "
                               f"of layer {u.layer} cut into {parts} ranges of offsets still needs {need / 2**30:.3g} GB "
-                              "per piece; raise the budget")
+                              "per piece; raise the budget", need)
         parts *= 2
 
 
