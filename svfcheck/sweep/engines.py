@@ -24,7 +24,9 @@ Fn = Callable[[str, dict, float], dict]  # (kind, payload, num_cpus) -> result
 class Outcome:
     """``result`` (None when the task failed), ``error`` (the last attempt's exception, one
     line, plus its traceback in ``trace``), ``attempts`` (None when the engine does not count
-    them) and wall ``seconds``."""
+    them) and ``seconds``: the task's own run time, never its time waiting in a queue (local:
+    all its attempts; Ray: the attempt that returned, timed on the worker; a failed Ray task:
+    from submission to failure)."""
 
     task: Task
     result: dict | None
@@ -55,6 +57,13 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
+
+
+def _timed(fn: Fn, kind: str, payload: dict, num_cpus: float) -> tuple[dict, float]:
+    """``fn``'s result and its run time, measured where it runs (a Ray worker)."""
+    t0 = time.perf_counter()
+    res = fn(kind, payload, num_cpus)
+    return res, time.perf_counter() - t0
 
 
 class RayEngine:
@@ -97,25 +106,25 @@ class RayEngine:
     def run(self, fn: Fn, tasks: list[Task], on_done: Callable[[Outcome], None]) -> None:
         ray = self.ray
         self.check_resources(tasks)
-        remote = ray.remote(fn)
+        remote = ray.remote(_timed)
         pending: dict[Any, tuple[Task, float]] = {}
         for t in tasks:
             r = t.resources
             ref = remote.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, max_retries=r.max_retries,
-                                 retry_exceptions=True).remote(t.kind, t.payload, r.num_cpus)
+                                 retry_exceptions=True).remote(fn, t.kind, t.payload, r.num_cpus)
             pending[ref] = (t, time.perf_counter())
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 t, t0 = pending.pop(ref)
                 try:
-                    res = ray.get(ref)
+                    res, seconds = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 -- RayTaskError wraps the task's own exception
                     cause = getattr(e, "cause", None) or e
                     on_done(Outcome(t, None, f"{type(cause).__name__}: {cause}".splitlines()[0], None,
                                     time.perf_counter() - t0, str(e)))
                     continue
-                on_done(Outcome(t, res, None, None, time.perf_counter() - t0))
+                on_done(Outcome(t, res, None, None, seconds))
 
     def close(self) -> None:
         if self.started and self.ray.is_initialized():

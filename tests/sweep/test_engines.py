@@ -5,6 +5,7 @@ trusts a file only when it is whole and names its key."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,17 @@ def _fn(counter_dir: Path):
         if payload["name"] == "broken":
             raise ValueError("always broken\nsecond line")
         return {"name": payload["name"], "calls": n, "cpus": num_cpus}
+
+    return fn
+
+
+def _sleeper():
+    """A task that sleeps 0.3 s (a closure: Ray ships it by value, the test module is not
+    importable on a worker)."""
+
+    def fn(kind: str, payload: dict, num_cpus: float) -> dict:
+        time.sleep(0.3)
+        return {"slept": 0.3}
 
     return fn
 
@@ -75,6 +87,16 @@ def test_ray_engine_retries_and_reports_failures_like_local(tmp_path):
         many = Task("checkpoint", "needs-cpus", "k-cpu", {"name": "fine"}, Resources(num_cpus=3))
         with pytest.raises(ValueError, match=r"asks for 3 CPU\(s\) but the Ray cluster has 2"):
             engine.run(_fn(tmp_path), [many], lambda o: None)
+        # each task's seconds are its own run time, not its wait in the queue: three tasks that
+        # each take the whole cluster run one after another, so their run times fit in the wall
+        # time (with queueing counted they would sum to about twice it)
+        slow = [Task("checkpoint", f"slow-{i}", f"k-slow-{i}", {"name": "fine"}, Resources(num_cpus=2))
+                for i in range(3)]
+        times: dict = {}
+        t0 = time.perf_counter()
+        engine.run(_sleeper(), slow, lambda o: times.__setitem__(o.task.label, o.seconds if o.result else o.error))
+        wall = time.perf_counter() - t0
+        assert len(times) == 3 and all(isinstance(s, float) and s >= 0.3 for s in times.values()) and sum(times.values()) <= wall, (times, wall)
     finally:
         engine.close()
     assert got["flaky"].result == {"name": "flaky", "calls": 3, "cpus": 1} and calls["flaky"] == 3
