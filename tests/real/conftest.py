@@ -133,12 +133,28 @@ def tiny_inputs(arch: str, n: int = 12, batch: int = 2, pad: bool = True, seed: 
     return ids, mask
 
 
+def tiny_problem(arch: str, n: int = 12, batch: int = 2):
+    """``(model, heads, capture, pairs)``: a float64 tiny model, its heads, the capture of
+    :func:`tiny_inputs` and every query's top-attended pair — the usual decomposition input."""
+    from svfcheck.real.capture import capture
+    from svfcheck.real.decompose import top_attended_pairs
+    from svfcheck.real.heads import extract_heads
+
+    model = tiny_model(arch)
+    heads = extract_heads(model)
+    ids, mask = tiny_inputs(arch, n=n, batch=batch)
+    cap = capture(model, ids, mask, heads=heads)
+    return model, heads, cap, top_attended_pairs(cap)
+
+
 @pytest.fixture(scope="session")
 def tiny():
-    """Namespace: ``model(arch, dtype, seed)``, ``inputs(arch, ...)``, ``config(arch)``, ``ARCHS``."""
+    """Namespace: ``model(arch, dtype, seed)``, ``inputs(arch, ...)``, ``problem(arch, n, batch)``,
+    ``config(arch)``, ``ARCHS``."""
     import types
 
-    return types.SimpleNamespace(model=tiny_model, inputs=tiny_inputs, config=tiny_config, ARCHS=ARCHS)
+    return types.SimpleNamespace(model=tiny_model, inputs=tiny_inputs, problem=tiny_problem, config=tiny_config,
+                                 ARCHS=ARCHS)
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from svfcheck.real.capture import capture
-from svfcheck.real.decompose import Pairs, decompose, top_attended_pairs
+from svfcheck.real.decompose import Pairs, decompose
 from svfcheck.real.heads import extract_heads
 from svfcheck.real import svd_cache as svd
 from svfcheck.real.svd_cache import SVDCache
@@ -23,11 +22,7 @@ from svfcheck.real.svd_cache import SVDCache
 
 @pytest.fixture(scope="module")
 def llama(tiny):
-    model = tiny.model("llama")
-    heads = extract_heads(model)
-    ids, mask = tiny.inputs("llama", n=16, batch=2)
-    cap = capture(model, ids, mask, heads=heads)
-    return heads, cap, top_attended_pairs(cap)
+    return tiny.problem("llama", n=16, batch=2)[1:]
 
 
 def test_core_lookup_computes_only_the_requested_entries(tiny_models):

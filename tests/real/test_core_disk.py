@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from svfcheck.real import core_disk
-from svfcheck.real.capture import capture
 from svfcheck.real.core_disk import BLOCK, CoreCacheError, CoreDisk, default_disk, layer_key
-from svfcheck.real.decompose import decompose, top_attended_pairs
+from svfcheck.real.decompose import decompose
 from svfcheck.real.heads import extract_heads
 from svfcheck.real.svd_cache import SVDCache
 
@@ -27,11 +26,7 @@ FIELDS = ("terms", "contributions", "contributions_rotated", "contributions_pape
 
 @pytest.fixture(scope="module")
 def llama(tiny):
-    model = tiny.model("llama")
-    heads = extract_heads(model)
-    ids, mask = tiny.inputs("llama", n=40, batch=2)
-    cap = capture(model, ids, mask, heads=heads)
-    return model, heads, cap, top_attended_pairs(cap)
+    return tiny.problem("llama", n=40, batch=2)
 
 
 def _run(heads, cap, pairs, disk, dtype=torch.float32):

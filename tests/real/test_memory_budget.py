@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from svfcheck.real.capture import capture
-from svfcheck.real.decompose import Pairs, decompose, gate_tolerance, top_attended_pairs
+from svfcheck.real.decompose import Pairs, decompose, gate_tolerance
 from svfcheck.real.decompose import budget as bm
 from svfcheck.real.decompose import core as dcore
 from svfcheck.real.decompose.plan import Options
@@ -36,11 +35,7 @@ def setup(tiny):
 
     def get(arch):
         if arch not in cache:
-            model = tiny.model(arch)
-            heads = extract_heads(model)
-            ids, mask = tiny.inputs(arch, n=40, batch=3)
-            cap = capture(model, ids, mask, heads=heads)
-            cache[arch] = (heads, cap, top_attended_pairs(cap))
+            cache[arch] = tiny.problem(arch, n=40, batch=3)[1:]
         return cache[arch]
 
     return get
