@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _memory import _status_kib as _kib  # noqa: E402  (VmRSS / VmHWM of this process, KiB)
+from _memory import json_subprocess  # noqa: E402
 
 
 def _model(name: str, layers: int | None):
@@ -107,14 +108,9 @@ def measure(name: str, T: int, layers: int | None = None, n_prompts: int = 2, bu
 
 def run(name: str, T: int, layers: int | None = None, timeout: float = 7200) -> dict:
     """:func:`measure` in a fresh subprocess (so that sizes do not share a peak)."""
-    import subprocess
-
     here = Path(__file__).resolve().parent
     cmd = [sys.executable, str(here / "_context.py"), name, str(T)] + ([] if layers is None else [str(layers)])
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=here.parent)
-    if p.returncode != 0:
-        raise RuntimeError(f"context measurement {name} T={T} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return json_subprocess(cmd, f"context measurement {name} T={T}", timeout, cwd=here.parent)
 
 
 if __name__ == "__main__":

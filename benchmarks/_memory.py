@@ -87,9 +87,15 @@ def measure(shape: str, route: str, n_layers: int | None = None, timeout: float 
     # a fixed mmap threshold: every large block is mmapped and returned to the system when freed,
     # so the resident set tracks the live set (glibc otherwise raises the threshold dynamically)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return json_subprocess(cmd, f"memory measurement {shape}/{route}", timeout, env=env)
+
+
+def json_subprocess(cmd: list[str], what: str, timeout: float, **kw) -> dict:
+    """Run a measurement script in a fresh process; the JSON object on its last line of output
+    (``RuntimeError`` naming ``what``, with its stderr's tail, when it fails)."""
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if p.returncode != 0:
-        raise RuntimeError(f"memory measurement {shape}/{route} failed:\n{p.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 

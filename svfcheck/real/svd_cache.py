@@ -45,6 +45,14 @@ def _r_factor(W: torch.Tensor, route: str) -> torch.Tensor:
         return torch.linalg.qr(W, mode="r")[1]
     return factor(W, route)[1]
 
+def _control_rows(F: torch.Tensor, S: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """The basis control's table rows ``F̂ = F diag(1/s) Q`` (n, d_h, R) of entries ``F`` (n, d_h, R),
+    ``S`` (n, R) with their heads' Haar matrices ``Q`` (n, R, R); zero singular values taken as 1.
+    The one formula of :meth:`SVDCache.control_table` and of the workers' writes, so that rows
+    computed in either place are the same."""
+    return (F / safe_singular_values(S)[:, None, :]) @ Q
+
+
 @dataclass(frozen=True, eq=False)
 class LayerFactors:
     """Factorisation of one layer (float64): ``W̃_Q[h] = Q R_q[h]``, ``W̃_K[g] = Q R_k[g]``;
@@ -237,7 +245,7 @@ class SVDCache:
         F, S, Fh = tab.F.view(-1, dh, dh), tab.S.view(-1, dh), c[1].view(-1, dh * dh)
 
         def write(hc, rc):
-            Fh.index_copy_(0, rc, ((F[rc] / safe_singular_values(S[rc])[:, None, :]) @ Q[hc]).reshape(len(rc), -1))
+            Fh.index_copy_(0, rc, _control_rows(F[rc], S[rc], Q[hc]).reshape(len(rc), -1))
 
         def commit():
             c[2] |= rows
@@ -400,7 +408,7 @@ class SVDCache:
                 if control is not None and control[0].dtype == tables[0].dtype:
                     Fh, Q = control
                     _, S, _, F = vals
-                    Fh.view(-1, dh * dh).index_copy_(0, rc, ((F / safe_singular_values(S)[:, None, :]) @ Q[hc]).reshape(len(rc), -1))
+                    Fh.view(-1, dh * dh).index_copy_(0, rc, _control_rows(F, S, Q[hc]).reshape(len(rc), -1))
 
         return write, (hs, off, torch.as_tensor(rows))
 
@@ -477,8 +485,7 @@ class SVDCache:
         new = tab.filled & ~hit[2]
         if bool(new.any()):
             h, t = torch.nonzero(new, as_tuple=True)
-            safe = safe_singular_values(S[h, t])
-            hit[1][h, t] = (F[h, t] / safe[:, None, :]) @ Q.to(dtype)[h]
+            hit[1][h, t] = _control_rows(F[h, t], S[h, t], Q.to(dtype)[h])
             hit[2] |= new
         return hit[1]
 
