@@ -6,7 +6,8 @@ cluster started for the run, or the cluster at ``--address``, e.g. after ``ray s
 --head``). Finished tasks are stored under ``DIR/tasks`` by key and never recomputed: rerun
 the same command after a kill or a failure. Writes ``DIR/sweep.parquet`` (the merged
 dataset), ``DIR/sweep.json`` (plan, tasks, failures, duplicate checkpoints, timings) and
-figures. Exit 0 when every task finished, 1 when some failed (listed), 2 for bad input.
+figures. Exit 0 when every task finished, 1 when some failed (listed, with the tasks skipped
+because they needed them), 2 for bad input.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def _run(args) -> int:
                      | {"dataset": str(out / d["dataset"]), "duplicates": d["duplicates"]}, indent=1))
     for f in r.failures:
         print(f"svfcheck sweep: FAILED {f['label']}: {f['error']}")
+    for s in d["skipped"]:
+        what = f"{s['analysis']} / {s['series']}" if "analysis" in s else f"series {s['series']}"
+        print(f"svfcheck sweep: SKIPPED {what}: {s['reason']}")
     return 1 if r.failures else 0
 
 

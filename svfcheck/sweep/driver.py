@@ -1,9 +1,11 @@
-"""The sweep driver: a plan → its tasks, stage by stage, on an engine → ``OUT/`` with the
-stored task results, the merged dataset, ``sweep.json`` and figures.
+"""The sweep driver: a plan → its tasks, each submitted to an engine as soon as the task it
+builds on has finished (:mod:`svfcheck.sweep.tasks`) → ``OUT/`` with the stored task results,
+the merged dataset, ``sweep.json`` and figures.
 
 Finished tasks (found in the store under their key) are never recomputed, so a rerun after a
-kill or a failure only runs what is missing; a stage's failed tasks are reported and the
-tasks that need them are skipped (with the reason), while everything else completes.
+kill or a failure only runs what is missing; a failed task is reported and the tasks that need
+it are skipped (with the reason), while everything else completes. The merged dataset lists
+tasks in plan order, whatever order they finished in, so it does not depend on the engine.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .dataset import duplicate_checkpoints, rows_from_results, write_parquet
 from .engines import Outcome, make_engine
 from .plan import Plan
 from .store import ResultStore
-from .tasks import Task, analysis_tasks, heads_tasks, train_tasks
+from .tasks import Task, applies, checkpoint_tasks, heads_task, spec_tasks, train_tasks
 from .work import run_task
 
 __all__ = ["SweepResult", "run_sweep", "SWEEP_FORMAT"]
@@ -40,45 +42,94 @@ class SweepResult:
         return self.data["failures"]
 
 
-class _Stage:
-    """Runs one stage's tasks: stored results are reused, the rest go to the engine."""
+class _Graph:
+    """The sweep's tasks as they are released: stored results are reused (releasing what they
+    feed at once), the rest go to the engine; a finished task releases the tasks that build on
+    it. ``order[key]`` places each task in plan order for the merged dataset."""
 
-    def __init__(self, store: ResultStore, engine, log: list, progress: bool):
-        self.store, self.engine, self.log, self.progress = store, engine, log, progress
+    def __init__(self, plan: Plan, out: Path, store: ResultStore, progress: bool):
+        self.plan, self.out, self.store, self.progress = plan, out, store, progress
+        self.series = {s.name: (i, s) for i, s in enumerate(plan.series)}
+        self.tasks: dict[str, Task] = {}
+        self.order: dict[str, tuple] = {}
+        self.done: dict[str, dict] = {}
+        self.log: list[dict] = []
+        self.skipped: list[tuple[tuple, dict]] = []
+        self.n_submitted = self.n_finished = 0
 
-    def __call__(self, name: str, tasks: list[Task]) -> dict[str, dict]:
-        done: dict[str, dict] = {}
-        todo = []
-        for t in tasks:
+    def start(self) -> list[Task]:
+        """The tasks that need nothing: training, specs, and head identification of the
+        series that need no training."""
+        first: list[tuple[tuple, Task]] = []
+        for t in train_tasks(self.plan, self.out):
+            first.append(((0, 0, self.series[t.payload["series"]][0], 0), t))
+        for ai, a in enumerate(self.plan.analyses):
+            if a.spec is not None:
+                first += [((2, ai, 0, i), t) for i, t in enumerate(spec_tasks(self.plan, a))]
+        for _, s in self.series.values():
+            if s.preset is None:
+                first += self._heads(s)
+        return self._release(first, "start")
+
+    def _heads(self, s) -> list[tuple[tuple, Task]]:
+        si = self.series[s.name][0]
+        return [((1, ai, si, 0), heads_task(self.plan, self.out, a, s))
+                for ai, a in enumerate(self.plan.analyses) if applies(a, s)]
+
+    def _follow_ups(self, t: Task, result: dict) -> list[tuple[tuple, Task]]:
+        if t.kind == "train":
+            return self._heads(self.series[t.payload["series"]][1])
+        if t.kind == "heads":
+            ai = next(i for i, a in enumerate(self.plan.analyses) if a.name == t.payload["analysis"])
+            si, s = self.series[t.payload["series"]]
+            return [((2, ai, si, i), c) for i, c in
+                    enumerate(checkpoint_tasks(self.plan, self.out, self.plan.analyses[ai], s, t.key, result))]
+        return []
+
+    def _release(self, tasks: list[tuple[tuple, Task]], why: str) -> list[Task]:
+        """Register ``tasks``; return those to run (the others were stored, and what they feed
+        is released in turn)."""
+        todo, queue, reused = [], list(tasks), 0
+        while queue:
+            order, t = queue.pop(0)
+            self.tasks[t.key], self.order[t.key] = t, order
             r = self.store.get(t)
             if r is None:
                 todo.append(t)
-            else:
-                done[t.key] = r
-                self.log.append({"kind": t.kind, "label": t.label, "key": t.key, "status": "reused"})
+                continue
+            reused += 1
+            self.done[t.key] = r
+            self.log.append({"kind": t.kind, "label": t.label, "key": t.key, "status": "reused"})
+            queue += self._follow_ups(t, r)
+        self.n_submitted += len(todo)
+        if self.progress and (todo or reused):
+            print(f"svfcheck sweep: {why}: {len(todo)} task(s) to run, {reused} already done", file=sys.stderr,
+                  flush=True)
+        return todo
+
+    def on_done(self, o: Outcome) -> list[Task]:
+        t = o.task
+        self.n_finished += 1
+        entry = {"kind": t.kind, "label": t.label, "key": t.key, "seconds": round(o.seconds, 3), "attempts": o.attempts}
+        if o.result is None:
+            entry.update(status="failed", error=o.error)
+            if t.kind == "train":
+                self.skipped.append((self.order[t.key], {"series": t.payload["series"],
+                                                         "reason": "its training task failed"}))
+            elif t.kind == "heads":
+                self.skipped.append((self.order[t.key], {"analysis": t.payload["analysis"],
+                                                         "series": t.payload["series"],
+                                                         "reason": "head identification failed"}))
+        else:
+            self.store.put(t, o.result, o.seconds, o.attempts)
+            self.done[t.key] = o.result
+            entry["status"] = "computed"
+        self.log.append(entry)
         if self.progress:
-            print(f"svfcheck sweep: {name}: {len(tasks)} task(s), {len(done)} already done, running {len(todo)}",
-                  file=sys.stderr, flush=True)
-        n = [0]
-
-        def on_done(o: Outcome) -> None:
-            n[0] += 1
-            entry = {"kind": o.task.kind, "label": o.task.label, "key": o.task.key, "seconds": round(o.seconds, 3),
-                     "attempts": o.attempts}
-            if o.result is None:
-                entry.update(status="failed", error=o.error)
-            else:
-                self.store.put(o.task, o.result, o.seconds, o.attempts)
-                done[o.task.key] = o.result
-                entry["status"] = "computed"
-            self.log.append(entry)
-            if self.progress:
-                what = "FAILED: " + str(o.error) if o.result is None else f"{o.seconds:.1f} s"
-                print(f"svfcheck sweep: [{n[0]}/{len(todo)}] {o.task.label}: {what}", file=sys.stderr, flush=True)
-
-        if todo:
-            self.engine.run(run_task, todo, on_done)
-        return done
+            what = "FAILED: " + str(o.error) if o.result is None else f"{o.seconds:.1f} s"
+            print(f"svfcheck sweep: [{self.n_finished}/{self.n_submitted}] {t.label}: {what}", file=sys.stderr,
+                  flush=True)
+        return [] if o.result is None else self._release(self._follow_ups(t, o.result), f"after {t.label}")
 
 
 def run_sweep(plan: Plan, out_dir, *, engine: str = "local", address: str | None = None,
@@ -90,37 +141,24 @@ def run_sweep(plan: Plan, out_dir, *, engine: str = "local", address: str | None
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     eng = make_engine(engine, address, num_cpus)
-    log: list[dict] = []
-    skipped: list[dict] = []
-    stage = _Stage(ResultStore(out), eng, log, progress)
+    graph = _Graph(plan, out, ResultStore(out), progress)
     try:
-        trains = train_tasks(plan, out)
-        trained = stage("train", trains)
-        failed_series = {t.payload["series"] for t in trains if t.key not in trained}
-        heads_all = heads_tasks(plan, out, skip=failed_series)
-        heads_done = stage("heads", heads_all)
-        heads = {(t.payload["analysis"], t.payload["series"]): (t.key, heads_done[t.key])
-                 for t in heads_all if t.key in heads_done}
-        for s in sorted(failed_series):
-            skipped.append({"series": s, "reason": "its training task failed"})
-        for t in heads_all:
-            if t.key not in heads_done:
-                skipped.append({"analysis": t.payload["analysis"], "series": t.payload["series"],
-                                "reason": "head identification failed"})
-        analyses = analysis_tasks(plan, out, heads, skip=failed_series)
-        analysed = stage("analyses", analyses)
+        first = graph.start()
+        if first:
+            eng.run(run_task, first, graph.on_done)
     finally:
         eng.close()
-    every = trains + heads_all + analyses
-    results = [(t, r) for t in every for r in [trained.get(t.key) or heads_done.get(t.key) or analysed.get(t.key)]
-               if r is not None]
+    keys = sorted(graph.tasks, key=graph.order.__getitem__)
+    results = [(graph.tasks[k], graph.done[k]) for k in keys if k in graph.done]
+    log = graph.log
+    skipped = [e for _, e in sorted(graph.skipped, key=lambda x: x[0])]
     dups = duplicate_checkpoints(results)
     rows = rows_from_results(results, dups)
     write_parquet(rows, out / "sweep.parquet")
     failures = [e for e in log if e["status"] == "failed"]
     data: dict[str, Any] = {
         "format": SWEEP_FORMAT, "plan": plan.to_json(), "engine": eng.name, "address": address,
-        "n_tasks": len(every), "n_computed": sum(e["status"] == "computed" for e in log),
+        "n_tasks": len(keys), "n_computed": sum(e["status"] == "computed" for e in log),
         "n_reused": sum(e["status"] == "reused" for e in log), "n_failed": len(failures),
         "tasks": log, "failures": failures, "skipped": skipped, "duplicates": dups,
         "dataset": "sweep.parquet", "n_rows": len(rows), "seconds": round(time.perf_counter() - t0, 3),

@@ -1,14 +1,16 @@
 """Where tasks run: in this process (:class:`LocalEngine`, the default, no Ray needed) or on
 a Ray cluster (:class:`RayEngine`: a local cluster started for the run, or an existing one
 joined by address). Both take the same jobs and report each outcome through one callback, as
-it finishes; a job that raises is retried up to its ``max_retries`` and then reported as
+it finishes; the callback may return new tasks (those the finished one released), which are
+submitted at once. A job that raises is retried up to its ``max_retries`` and then reported as
 failed with its error, while every other job completes."""
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ __all__ = ["Outcome", "LocalEngine", "RayEngine", "make_engine", "ENGINES"]
 
 ENGINES = ("local", "ray")
 Fn = Callable[[str, dict, float], dict]  # (kind, payload, num_cpus) -> result
+OnDone = Callable[["Outcome"], Iterable[Task] | None]  # an outcome -> the tasks it releases
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,15 @@ class Outcome:
 
 
 class LocalEngine:
-    """Tasks one after another in this process."""
+    """Tasks one after another in this process, in submission order (released tasks join the
+    end of the queue)."""
 
     name = "local"
 
-    def run(self, fn: Fn, tasks: list[Task], on_done: Callable[[Outcome], None]) -> None:
-        for t in tasks:
+    def run(self, fn: Fn, tasks: list[Task], on_done: OnDone) -> None:
+        queue = deque(tasks)
+        while queue:
+            t = queue.popleft()
             t0 = time.perf_counter()
             for attempt in range(1, t.resources.max_retries + 2):
                 try:
@@ -50,10 +56,11 @@ class LocalEngine:
                 except Exception as e:  # noqa: BLE001 -- a task's failure is reported, not fatal to the sweep
                     err, trace = f"{type(e).__name__}: {e}", traceback.format_exc()
                     continue
-                on_done(Outcome(t, res, None, attempt, time.perf_counter() - t0))
+                queue.extend(on_done(Outcome(t, res, None, attempt, time.perf_counter() - t0)) or ())
                 break
             else:
-                on_done(Outcome(t, None, err, t.resources.max_retries + 1, time.perf_counter() - t0, trace))
+                queue.extend(on_done(Outcome(t, None, err, t.resources.max_retries + 1, time.perf_counter() - t0,
+                                             trace)) or ())
 
     def close(self) -> None:
         pass
@@ -103,16 +110,21 @@ class RayEngine:
                                      f"{total.get(what, 0.0):g}; lower [resources] num_{what.lower()}s in the plan "
                                      "or join a cluster that has them (--address)")
 
-    def run(self, fn: Fn, tasks: list[Task], on_done: Callable[[Outcome], None]) -> None:
+    def run(self, fn: Fn, tasks: list[Task], on_done: OnDone) -> None:
         ray = self.ray
-        self.check_resources(tasks)
         remote = ray.remote(_timed)
         pending: dict[Any, tuple[Task, float]] = {}
-        for t in tasks:
-            r = t.resources
-            ref = remote.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, max_retries=r.max_retries,
-                                 retry_exceptions=True).remote(fn, t.kind, t.payload, r.num_cpus)
-            pending[ref] = (t, time.perf_counter())
+
+        def submit(new: Iterable[Task] | None) -> None:
+            new = list(new or ())
+            self.check_resources(new)
+            for t in new:
+                r = t.resources
+                ref = remote.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, max_retries=r.max_retries,
+                                     retry_exceptions=True).remote(fn, t.kind, t.payload, r.num_cpus)
+                pending[ref] = (t, time.perf_counter())
+
+        submit(tasks)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -121,10 +133,10 @@ class RayEngine:
                     res, seconds = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 -- RayTaskError wraps the task's own exception
                     cause = getattr(e, "cause", None) or e
-                    on_done(Outcome(t, None, f"{type(cause).__name__}: {cause}".splitlines()[0], None,
-                                    time.perf_counter() - t0, str(e)))
+                    submit(on_done(Outcome(t, None, f"{type(cause).__name__}: {cause}".splitlines()[0], None,
+                                           time.perf_counter() - t0, str(e))))
                     continue
-                on_done(Outcome(t, res, None, None, seconds))
+                submit(on_done(Outcome(t, res, None, None, seconds)))
 
     def close(self) -> None:
         if self.started and self.ray.is_initialized():

@@ -1,19 +1,23 @@
 """A plan's tasks and their keys.
 
-The sweep runs in three stages, each a set of independent tasks (:class:`Task`):
+The tasks form a small dependency graph (:class:`Task`); the driver submits each one as soon
+as the task it builds on has finished, so one series' analyses run while another still trains:
 
-1. ``train`` — one per preset series: train the run into ``OUT/runs/NAME`` (resumable).
-2. ``heads`` — one per (task analysis, series): the heads the analysis follows, identified at
-   the series' final checkpoint by attention pattern (never by index), as SAD over training
-   does (:func:`svfcheck.emergence.head_sets.identify_heads`).
-3. ``checkpoint`` — one per (analysis, series, seed, step); ``random-init`` — one per
-   (analysis, series, seed): the same analysis on the seeded random initialisation of the
-   series' architecture (the reference band of the figures); ``spec`` — one per (gate spec,
-   seed).
+- ``train`` — one per preset series (:func:`train_tasks`): train the run into
+  ``OUT/runs/NAME`` (resumable).
+- ``heads`` — one per (task analysis, series) (:func:`heads_task`), once the series is trained
+  (or at once, for a series of existing checkpoints): the heads the analysis follows,
+  identified at the series' final checkpoint by attention pattern (never by index), as SAD over
+  training does (:func:`svfcheck.emergence.head_sets.identify_heads`).
+- ``checkpoint`` — one per (analysis, series, seed, step) and ``random-init`` — one per
+  (analysis, series, seed): the same analysis on the seeded random initialisation of the
+  series' architecture (the reference band of the figures) (:func:`checkpoint_tasks`, once
+  the pair's heads are known); ``spec`` — one per (gate spec, seed) (:func:`spec_tasks`,
+  independent of everything else).
 
 A task's **key** is a SHA-256 over everything that determines its result: its kind and
 inputs, the content hashes of the checkpoints it reads (config and weight files; a hub
-checkpoint's id and revision), the key of the stage it builds on and the svfcheck version.
+checkpoint's id and revision), the key of the task it builds on and the svfcheck version.
 A finished task is stored under its key (:mod:`svfcheck.sweep.store`) and never recomputed.
 """
 
@@ -27,7 +31,8 @@ from typing import Any
 
 from .plan import AnalysisPlan, Plan, Resources, SeriesPlan
 
-__all__ = ["Task", "train_tasks", "resolve_series", "heads_tasks", "analysis_tasks", "digest"]
+__all__ = ["Task", "train_tasks", "resolve_series", "applies", "heads_task", "spec_tasks", "checkpoint_tasks",
+           "digest"]
 
 KINDS = ("train", "heads", "checkpoint", "random-init", "spec")
 
@@ -112,58 +117,53 @@ def _settings(a: AnalysisPlan, seed: int | None) -> dict:
     return d
 
 
-def _applies(a: AnalysisPlan, s: SeriesPlan) -> bool:
+def applies(a: AnalysisPlan, s: SeriesPlan) -> bool:
+    """Whether task analysis ``a`` runs on series ``s`` (a spec analysis runs on no series)."""
     return a.task is not None and (not a.series or s.name in a.series)
 
 
-def heads_tasks(plan: Plan, out: Path, skip: set[str] = frozenset()) -> list[Task]:
-    """Stage 2: one per (task analysis, series) except the series in ``skip`` (not trained)."""
+def heads_task(plan: Plan, out: Path, a: AnalysisPlan, s: SeriesPlan) -> Task:
+    """Head identification for task analysis ``a`` on series ``s`` (whose checkpoints must
+    exist: a preset series once it is trained)."""
+    src = series_source(s, out)
+    series = resolve_series(src, s.steps)
+    settings = _settings(a, None)
+    key = digest({"kind": "heads", "series": _fingerprint(series), "settings": settings})
+    steps = s.steps if isinstance(s.steps, str) else list(s.steps)
+    return Task("heads", f"heads {a.name} / {s.name}", key,
+                {"analysis": a.name, "series": s.name, "source": src, "steps": steps, "settings": settings},
+                plan.resources)
+
+
+def spec_tasks(plan: Plan, a: AnalysisPlan) -> list[Task]:
+    """One task per seed for spec analysis ``a`` (keyed by the spec file's bytes)."""
+    text = a.spec.read_bytes()
     tasks = []
-    for a in plan.analyses:
-        for s in plan.series:
-            if not _applies(a, s) or s.name in skip:
-                continue
-            src = series_source(s, out)
-            series = resolve_series(src, s.steps)
-            settings = _settings(a, None)
-            key = digest({"kind": "heads", "series": _fingerprint(series), "settings": settings})
-            steps = s.steps if isinstance(s.steps, str) else list(s.steps)
-            tasks.append(Task("heads", f"heads {a.name} / {s.name}", key,
-                              {"analysis": a.name, "series": s.name, "source": src, "steps": steps,
-                               "settings": settings}, plan.resources))
+    for seed in plan.seeds:
+        key = digest({"kind": "spec", "spec_sha256": hashlib.sha256(text).hexdigest(), "seed": seed})
+        tasks.append(Task("spec", f"spec {a.name} seed {seed}", key,
+                          {"analysis": a.name, "spec": str(a.spec), "seed": seed}, plan.resources))
     return tasks
 
 
-def analysis_tasks(plan: Plan, out: Path, heads: dict[tuple[str, str], tuple[str, dict]],
-                   skip: set[str] = frozenset()) -> list[Task]:
-    """Stage 3. ``heads[(analysis, series)] = (heads task key, its result)``; pairs without
-    heads (their identification failed) and the series in ``skip`` get no tasks."""
+def checkpoint_tasks(plan: Plan, out: Path, a: AnalysisPlan, s: SeriesPlan, heads_key: str,
+                     heads_result: dict) -> list[Task]:
+    """Task analysis ``a`` on series ``s`` once its heads are known (``heads_key``: the heads
+    task's key, ``heads_result``: its result): per seed, each checkpoint, then the random init."""
+    src = series_source(s, out)
+    series = resolve_series(src, s.steps)
+    fp = _fingerprint(series)
+    steps = s.steps if isinstance(s.steps, str) else list(s.steps)
     tasks = []
-    for a in plan.analyses:
-        if a.spec is not None:
-            text = a.spec.read_bytes()
-            for seed in plan.seeds:
-                key = digest({"kind": "spec", "spec_sha256": hashlib.sha256(text).hexdigest(), "seed": seed})
-                tasks.append(Task("spec", f"spec {a.name} seed {seed}", key,
-                                  {"analysis": a.name, "spec": str(a.spec), "seed": seed}, plan.resources))
-            continue
-        for s in plan.series:
-            if not _applies(a, s) or s.name in skip or (a.name, s.name) not in heads:
-                continue
-            hkey, hres = heads[(a.name, s.name)]
-            src = series_source(s, out)
-            series = resolve_series(src, s.steps)
-            fp = _fingerprint(series)
-            steps = s.steps if isinstance(s.steps, str) else list(s.steps)
-            for seed in plan.seeds:
-                settings = _settings(a, seed)
-                common = {"analysis": a.name, "series": s.name, "source": src, "steps": steps, "settings": settings,
-                          "heads": hres["heads"], "seed": seed}
-                for ck, cfp in zip(series, fp["checkpoints"]):
-                    key = digest({"kind": "checkpoint", "heads_key": hkey, "checkpoint": cfp, "settings": settings})
-                    tasks.append(Task("checkpoint", f"{a.name} / {s.name} step {ck.step} seed {seed}", key,
-                                      {**common, "step": ck.step}, plan.resources))
-                key = digest({"kind": "random-init", "heads_key": hkey, "settings": settings})
-                tasks.append(Task("random-init", f"{a.name} / {s.name} random init seed {seed}", key,
-                                  {**common, "step": None}, plan.resources))
+    for seed in plan.seeds:
+        settings = _settings(a, seed)
+        common = {"analysis": a.name, "series": s.name, "source": src, "steps": steps, "settings": settings,
+                  "heads": heads_result["heads"], "seed": seed}
+        for ck, cfp in zip(series, fp["checkpoints"]):
+            key = digest({"kind": "checkpoint", "heads_key": heads_key, "checkpoint": cfp, "settings": settings})
+            tasks.append(Task("checkpoint", f"{a.name} / {s.name} step {ck.step} seed {seed}", key,
+                              {**common, "step": ck.step}, plan.resources))
+        key = digest({"kind": "random-init", "heads_key": heads_key, "settings": settings})
+        tasks.append(Task("random-init", f"{a.name} / {s.name} random init seed {seed}", key,
+                          {**common, "step": None}, plan.resources))
     return tasks

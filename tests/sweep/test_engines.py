@@ -49,6 +49,42 @@ def _sleeper():
     return fn
 
 
+def _napper():
+    """A task that sleeps ``payload["nap"]`` seconds and returns when it ended (wall clock)."""
+
+    def fn(kind: str, payload: dict, num_cpus: float) -> dict:
+        time.sleep(payload["nap"])
+        return {"name": payload["name"], "ended": time.time()}
+
+    return fn
+
+
+def _released(engine) -> dict[str, dict]:
+    """``slow`` (1.5 s) and ``fast`` (0.1 s) start together; ``fast`` finishing releases
+    ``child`` (0.1 s), which releases ``grandchild``; a failed outcome would release nothing."""
+    r = Resources(num_cpus=1, max_retries=0)
+
+    def task(name, nap):
+        return Task("checkpoint", name, f"k-{name}", {"name": name, "nap": nap}, r)
+
+    follow = {"fast": [task("child", 0.1)], "child": [task("grandchild", 0.1)]}
+    got: dict[str, dict] = {}
+
+    def on_done(o):
+        got[o.task.label] = o.result
+        return follow.get(o.task.label)
+
+    engine.run(_napper(), [task("slow", 1.5), task("fast", 0.1)], on_done)
+    return got
+
+
+def test_local_engine_runs_released_tasks_after_the_queue():
+    got = _released(LocalEngine())
+    assert set(got) == {"slow", "fast", "child", "grandchild"}
+    # one at a time, in submission order: released tasks join the end of the queue
+    assert got["slow"]["ended"] < got["fast"]["ended"] < got["child"]["ended"] < got["grandchild"]["ended"]
+
+
 def _run(engine, tmp_path, retries):
     got = {}
     engine.run(_fn(tmp_path), _tasks(retries), lambda o: got.__setitem__(o.task.label, o))
@@ -97,6 +133,12 @@ def test_ray_engine_retries_and_reports_failures_like_local(tmp_path):
         engine.run(_sleeper(), slow, lambda o: times.__setitem__(o.task.label, o.seconds if o.result else o.error))
         wall = time.perf_counter() - t0
         assert len(times) == 3 and all(isinstance(s, float) and s >= 0.3 for s in times.values()) and sum(times.values()) <= wall, (times, wall)
+        # released tasks are submitted as soon as the task that releases them finishes: with two
+        # CPUs, ``child`` and ``grandchild`` both finish while ``slow`` is still running (a
+        # driver that waited for the whole batch first would run them after it)
+        rel = _released(engine)
+        assert set(rel) == {"slow", "fast", "child", "grandchild"}
+        assert rel["fast"]["ended"] < rel["child"]["ended"] < rel["grandchild"]["ended"] < rel["slow"]["ended"], rel
     finally:
         engine.close()
     assert got["flaky"].result == {"name": "flaky", "calls": 3, "cpus": 1} and calls["flaky"] == 3

@@ -259,3 +259,59 @@ def test_single_models_as_series_give_the_run_numbers(smoke, tmp_path):
         assert got, sorted({(r["kind"], r["series"]) for r in res.rows})
         assert got == want
         assert any(r["kind"] == "random-init" and r["series"] == s for r in res.rows)
+
+
+def test_failed_training_and_heads_skip_only_what_needs_them(smoke, tmp_path, capsys):
+    """Three series: one whose run folder is a planted file (its training fails), one whose
+    final checkpoint is damaged (head identification fails), one of good checkpoints. The
+    first two are reported as failed and the tasks that needed them as skipped, with the
+    reason, in plan order; the good series is analysed in full; the command exits 1."""
+    from svfcheck.sweep.cli import main
+
+    run = smoke.out_dir / "runs" / "induction-s1"
+    steps = sorted(int(p.name.removeprefix("step")) for p in run.iterdir() if p.name.startswith("step"))
+    damaged = tmp_path / "damaged"
+    for s in steps:
+        shutil.copytree(run / f"step{s}", damaged / f"step{s}")
+    weights = damaged / f"step{steps[-1]}" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "planted").write_text("not a run folder")
+    plan = tmp_path / "skip.toml"
+    plan.write_text(textwrap.dedent(f"""\
+        [resources]
+        max_retries = 0
+        [[series]]
+        name = "planted"
+        preset = "induction-gpt2"
+        train = {{ max_steps = 20, checkpoint_every = 10, warmup_steps = 5, seed = 0 }}
+        [[series]]
+        name = "damaged"
+        source = "folder:{damaged}"
+        [[series]]
+        name = "good"
+        source = "run:{run}"
+        steps = "first-middle-last"
+        [[analysis]]
+        name = "induction"
+        task = "induction"
+        settings = {{ n_prompts = 8, head_sequences = 32, n_boot = 500, n_boot_contrast = 1000 }}
+        """))
+    rc = main([str(plan), "--out", str(out), "--quiet", "--no-figures"])
+    printed = capsys.readouterr().out
+    assert rc == 1
+    d = json.loads((out / "sweep.json").read_text())
+    assert [(f["kind"], f["label"]) for f in d["failures"]] == [("train", "train planted"), ("heads", "heads induction / damaged")]
+    assert "FileExistsError" in next(f["error"] for f in d["failures"] if f["kind"] == "train")
+    assert d["skipped"] == [{"series": "planted", "reason": "its training task failed"},
+                            {"analysis": "induction", "series": "damaged", "reason": "head identification failed"}]
+    for what in ("SKIPPED series planted: its training task failed",
+                 "SKIPPED induction / damaged: head identification failed"):
+        assert what in printed, printed
+    assert d["n_computed"] == 5 and d["n_failed"] == 2  # good: heads, three checkpoints, the random init
+    rows = read_parquet(out / "sweep.parquet")
+    assert {r["series"] for r in rows} == {"good"}
+    # the good series' rows are the smoke sweep's rows for the same checkpoints, analysis and seed
+    same = [r for r in _analysis_rows(smoke.rows) if r["series"] == "induction-s1"]
+    assert [{**r, "series": "good"} for r in same] == rows
