@@ -32,11 +32,17 @@ class PlanError(TableError):
 @dataclass(frozen=True)
 class Resources:
     """Per-task resources and retries: ``num_cpus`` (> 0), ``num_gpus`` (≥ 0, fractional
-    allowed), ``max_retries`` (retries after a task raises, 0–10)."""
+    allowed), ``max_retries`` (retries after a task raises, 0–10). The plan's ``[resources]``
+    apply to every task; a series' ``resources`` (its training task) and an analysis'
+    ``resources`` (its head identification, checkpoint, random-init and spec tasks) override
+    them key by key."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_retries: int = 2
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class SeriesPlan:
     train: tuple[tuple[str, Any], ...] = ()
     source: str | None = None
     steps: str | tuple[int, ...] = "all"
+    resources: Resources | None = None  # its training task's; None: the plan's
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class AnalysisPlan:
     settings: tuple[tuple[str, Any], ...] = ()
     series: tuple[str, ...] = ()
     spec: Path | None = None
+    resources: Resources | None = None  # its tasks'; None: the plan's
 
 
 @dataclass(frozen=True)
@@ -75,15 +83,25 @@ class Plan:
     series: tuple[SeriesPlan, ...]
     analyses: tuple[AnalysisPlan, ...]
 
+    def train_resources(self, s: SeriesPlan) -> Resources:
+        """What series ``s``'s training task asks for."""
+        return s.resources or self.resources
+
+    def analysis_resources(self, a: AnalysisPlan) -> Resources:
+        """What each task of analysis ``a`` asks for."""
+        return a.resources or self.resources
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "file": str(self.path),
-            "resources": {f.name: getattr(self.resources, f.name) for f in fields(Resources)},
+            "resources": self.resources.to_json(),
             "seeds": list(self.seeds),
             "series": [{"name": s.name, "preset": s.preset, "train": dict(s.train), "source": s.source,
-                        "steps": s.steps if isinstance(s.steps, str) else list(s.steps)} for s in self.series],
+                        "steps": s.steps if isinstance(s.steps, str) else list(s.steps),
+                        "resources": self.train_resources(s).to_json()} for s in self.series],
             "analyses": [{"name": a.name, "task": a.task, "settings": dict(a.settings), "series": list(a.series),
-                          "spec": None if a.spec is None else str(a.spec)} for a in self.analyses],
+                          "spec": None if a.spec is None else str(a.spec),
+                          "resources": self.analysis_resources(a).to_json()} for a in self.analyses],
         }
 
 
@@ -100,10 +118,16 @@ class _T(TableReader):
         return v
 
 
-def _resources(file: Path, t: Any) -> Resources:
-    r = _T(file, "resources", t, ("num_cpus", "num_gpus", "max_retries"))
-    return Resources(r.float_("num_cpus", 1.0, lo=0.0, hi=256.0, lo_open=True), r.float_("num_gpus", 0.0, lo=0.0, hi=64.0),
-                     r.int_("max_retries", 2, lo=0, hi=MAX_RETRIES))
+def _resources(file: Path, key: str, t: Any, base: Resources = Resources()) -> Resources:
+    """The table at ``key``; keys it leaves out come from ``base``."""
+    r = _T(file, key, t, ("num_cpus", "num_gpus", "max_retries"))
+    return Resources(r.float_("num_cpus", base.num_cpus, lo=0.0, hi=256.0, lo_open=True),
+                     r.float_("num_gpus", base.num_gpus, lo=0.0, hi=64.0),
+                     r.int_("max_retries", base.max_retries, lo=0, hi=MAX_RETRIES))
+
+
+def _own_resources(file: Path, r: _T, base: Resources) -> Resources | None:
+    return None if "resources" not in r.table else _resources(file, r.key("resources"), r.table["resources"], base)
 
 
 def _steps(r: _T) -> str | tuple[int, ...]:
@@ -118,8 +142,8 @@ def _steps(r: _T) -> str | tuple[int, ...]:
     return tuple(sorted(v))
 
 
-def _series(file: Path, i: int, t: Any) -> SeriesPlan:
-    r = _T(file, f"series[{i}]", t, ("name", "preset", "train", "source", "steps"))
+def _series(file: Path, i: int, t: Any, base: Resources) -> SeriesPlan:
+    r = _T(file, f"series[{i}]", t, ("name", "preset", "train", "source", "steps", "resources"))
     name, preset, source = r.name(), r.str_("preset", None), r.str_("source", None)
     if (preset is None) == (source is None):
         raise r.err("preset", "give exactly one of preset and source",
@@ -137,11 +161,19 @@ def _series(file: Path, i: int, t: Any) -> SeriesPlan:
         try:
             from ..emergence.config import preset as make
 
-            make(preset, **train)
+            cfg = make(preset, **train)
         except (TypeError, ValueError) as e:
             raise r.err("train", str(e), "overrides that LMTrainConfig accepts") from None
+        steps = _steps(r)
+        missing = [] if isinstance(steps, str) else sorted(set(steps) - set(cfg.schedule()))
+        if missing:  # caught here, not after the run has trained
+            raise r.err("steps", f"the run will save no checkpoint at steps {missing}",
+                        f"steps among its checkpoints {list(cfg.schedule())}, or \"all\" / \"first-middle-last\"")
     elif "train" in r.table:
         raise r.err("train", "only applies to a preset series", "no train table, or preset = ...")
+    elif "resources" in r.table:
+        raise r.err("resources", "only applies to a preset series (they are its training task's)",
+                    "no resources table (an analysis' resources apply to its tasks on this series), or preset = ...")
     if source is not None and source.startswith("model:"):  # a name or hub id; a folder relative to the plan
         model = source[len("model:"):].split("#", 1)[0].split("@", 1)[0]
         if model and not Path(model).is_absolute() and (file.parent / model).is_dir():
@@ -151,11 +183,12 @@ def _series(file: Path, i: int, t: Any) -> SeriesPlan:
         if not p.is_absolute():
             resolved = (file.parent / p).resolve()
             source = (source.split(":", 1)[0] + ":" if re.match(r"(run|folder):", source) else "") + str(resolved)
-    return SeriesPlan(name, preset, tuple(sorted(train.items())), source, _steps(r))
+    return SeriesPlan(name, preset, tuple(sorted(train.items())), source, _steps(r), _own_resources(file, r, base))
 
 
-def _analysis(file: Path, i: int, t: Any, series_names: set[str]) -> AnalysisPlan:
-    r = _T(file, f"analysis[{i}]", t, ("name", "task", "settings", "series", "spec"))
+def _analysis(file: Path, i: int, t: Any, series_names: set[str], base: Resources) -> AnalysisPlan:
+    r = _T(file, f"analysis[{i}]", t, ("name", "task", "settings", "series", "spec", "resources"))
+    own = _own_resources(file, r, base)
     name, task, spec = r.name(), r.str_("task", None), r.str_("spec", None)
     if (task is None) == (spec is None):
         raise r.err("task", "give exactly one of task and spec",
@@ -171,7 +204,7 @@ def _analysis(file: Path, i: int, t: Any, series_names: set[str]) -> AnalysisPla
             load_spec(p)
         except SpecError as e:
             raise r.err("spec", f"the spec does not load: {e}", "a valid analysis spec (analyses/README.md)") from None
-        return AnalysisPlan(name, spec=p)
+        return AnalysisPlan(name, spec=p, resources=own)
     from ..emergence.settings import TASKS, EmergenceSettings
 
     if task not in TASKS:
@@ -189,7 +222,7 @@ def _analysis(file: Path, i: int, t: Any, series_names: set[str]) -> AnalysisPla
     if unknown:
         raise r.err("series", f"unknown series {unknown[0]!r}", "names of [[series]] in this plan: "
                     + ", ".join(sorted(series_names)))
-    return AnalysisPlan(name, task=task, settings=tuple(sorted(st.table.items())), series=tuple(names))
+    return AnalysisPlan(name, task=task, settings=tuple(sorted(st.table.items())), series=tuple(names), resources=own)
 
 
 def _unique(file: Path, kind: str, items) -> None:
@@ -217,13 +250,15 @@ def load_plan(path: str | Path) -> Plan:
     for k, form in (("series", "[[series]] tables (double brackets)"), ("analysis", "[[analysis]] tables")):
         if k in doc and not isinstance(doc[k], list):
             raise PlanError(file, k, f"got {show(doc[k])}", form)
-    series = tuple(_series(file, i, t) for i, t in enumerate(doc.get("series", [])))
+    resources = _resources(file, "resources", doc.get("resources", {}))
+    series = tuple(_series(file, i, t, resources) for i, t in enumerate(doc.get("series", [])))
     _unique(file, "series", series)
-    analyses = tuple(_analysis(file, i, t, {s.name for s in series}) for i, t in enumerate(doc.get("analysis", [])))
+    analyses = tuple(_analysis(file, i, t, {s.name for s in series}, resources)
+                     for i, t in enumerate(doc.get("analysis", [])))
     _unique(file, "analysis", analyses)
     if not analyses:
         raise PlanError(file, "analysis", "no [[analysis]] given", "at least one [[analysis]] with task or spec")
     if any(a.task for a in analyses) and not series:
         raise PlanError(file, "series", "task analyses need checkpoint series, but none is given",
                         "at least one [[series]] with preset or source")
-    return Plan(file, name, description, _resources(file, doc.get("resources", {})), tuple(seeds), series, analyses)
+    return Plan(file, name, description, resources, tuple(seeds), series, analyses)

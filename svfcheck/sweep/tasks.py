@@ -71,7 +71,8 @@ def train_tasks(plan: Plan, out: Path) -> list[Task]:
         cfg = preset(s.preset, **dict(s.train)).to_dict()
         tasks.append(Task("train", f"train {s.name}", digest({"kind": "train", "config": cfg}),
                           {"series": s.name, "preset": s.preset, "train": dict(s.train),
-                           "run_dir": str(_run_dir(out, s)), "gpu": plan.resources.num_gpus > 0}, plan.resources))
+                           "run_dir": str(_run_dir(out, s)), "gpu": plan.train_resources(s).num_gpus > 0},
+                          plan.train_resources(s)))
     return tasks
 
 
@@ -132,7 +133,7 @@ def heads_task(plan: Plan, out: Path, a: AnalysisPlan, s: SeriesPlan) -> Task:
     steps = s.steps if isinstance(s.steps, str) else list(s.steps)
     return Task("heads", f"heads {a.name} / {s.name}", key,
                 {"analysis": a.name, "series": s.name, "source": src, "steps": steps, "settings": settings},
-                plan.resources)
+                plan.analysis_resources(a))
 
 
 def spec_tasks(plan: Plan, a: AnalysisPlan) -> list[Task]:
@@ -142,7 +143,7 @@ def spec_tasks(plan: Plan, a: AnalysisPlan) -> list[Task]:
     for seed in plan.seeds:
         key = digest({"kind": "spec", "spec_sha256": hashlib.sha256(text).hexdigest(), "seed": seed})
         tasks.append(Task("spec", f"spec {a.name} seed {seed}", key,
-                          {"analysis": a.name, "spec": str(a.spec), "seed": seed}, plan.resources))
+                          {"analysis": a.name, "spec": str(a.spec), "seed": seed}, plan.analysis_resources(a)))
     return tasks
 
 
@@ -162,8 +163,8 @@ def checkpoint_tasks(plan: Plan, out: Path, a: AnalysisPlan, s: SeriesPlan, head
         for ck, cfp in zip(series, fp["checkpoints"]):
             key = digest({"kind": "checkpoint", "heads_key": heads_key, "checkpoint": cfp, "settings": settings})
             tasks.append(Task("checkpoint", f"{a.name} / {s.name} step {ck.step} seed {seed}", key,
-                              {**common, "step": ck.step}, plan.resources))
+                              {**common, "step": ck.step}, plan.analysis_resources(a)))
         key = digest({"kind": "random-init", "heads_key": heads_key, "settings": settings})
         tasks.append(Task("random-init", f"{a.name} / {s.name} random init seed {seed}", key,
-                          {**common, "step": None}, plan.resources))
+                          {**common, "step": None}, plan.analysis_resources(a)))
     return tasks

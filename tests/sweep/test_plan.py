@@ -48,6 +48,42 @@ def test_a_plan_reads_back_as_written(write_plan):
     assert p.to_json()["series"][0]["steps"] == [0, 50]
 
 
+def test_series_and_analysis_resources_override_the_plan_key_by_key(write_plan, tmp_path):
+    """A series' ``resources`` go to its training task, an analysis' to its head
+    identification, checkpoint and random-init tasks (and a spec's tasks); keys they leave
+    out come from the plan's ``[resources]``."""
+    from svfcheck.sweep.plan import Resources
+    from svfcheck.sweep.tasks import checkpoint_tasks, heads_task, spec_tasks, train_tasks
+
+    (tmp_path / "run").mkdir()
+    f = write_plan(GOOD.replace("steps = [50, 0]", "steps = [50, 0]\nresources = { num_gpus = 1 }")
+                   .replace('series = ["a"]', 'series = ["a"]\nresources = { num_cpus = 2, max_retries = 0 }'))
+    p = load_plan(f)
+    a, b = p.series
+    (an,) = p.analyses
+    assert p.train_resources(a) == Resources(num_cpus=1.5, num_gpus=1.0, max_retries=4)
+    assert p.train_resources(b) == p.resources == Resources(1.5, 0.25, 4)  # no own table: the plan's
+    assert p.analysis_resources(an) == Resources(num_cpus=2.0, num_gpus=0.25, max_retries=0)
+    assert p.to_json()["series"][0]["resources"] == {"num_cpus": 1.5, "num_gpus": 1.0, "max_retries": 4}
+    (t,) = train_tasks(p, tmp_path / "out")
+    assert t.resources == p.train_resources(a) and t.payload["gpu"] is True
+    # the analysis' tasks, on a series of existing checkpoints (a plain folder of one step)
+    from tests._tiny_models import paragraph_word_tokenizer, save_tiny_folder
+
+    save_tiny_folder(tmp_path / "ck" / "step0", "gpt2", paragraph_word_tokenizer(), seed=0)
+    g = write_plan(GOOD.replace('preset = "induction-gpt2"\ntrain = { max_steps = 50, seed = 2 }\nsteps = [50, 0]',
+                                f'source = "folder:{tmp_path / "ck"}"')
+                   .replace('series = ["a"]', 'series = ["a"]\nresources = { num_cpus = 2 }')
+                   + '[[analysis]]\nname = "s"\nspec = "%s"\nresources = { num_cpus = 3 }\n' % (REPO / "analyses" / "minilm-l6-text.toml"))
+    q = load_plan(g)
+    ind, sp = q.analyses
+    h = heads_task(q, tmp_path / "out", ind, q.series[0])
+    cks = checkpoint_tasks(q, tmp_path / "out", ind, q.series[0], h.key, {"heads": {}})
+    assert h.resources == Resources(2.0, 0.25, 4) and {c.resources for c in cks} == {Resources(2.0, 0.25, 4)}
+    assert [c.kind for c in cks] == ["checkpoint", "random-init"] * 2  # two seeds
+    assert {x.resources for x in spec_tasks(q, sp)} == {Resources(3.0, 0.25, 4)}
+
+
 def test_shipped_plans_load():
     for f in sorted((REPO / "plans").glob("*.toml")):
         assert load_plan(f).analyses, f
@@ -79,6 +115,17 @@ BAD = [  # (edit of GOOD, key named in the error, fragment)
     (lambda t: t.split("[[analysis]]")[0], "analysis", "no [[analysis]] given"),
     (lambda t: 'series = 3\n[[analysis]]\nname = "s"\ntask = "text"\n', "series", "got integer 3"),
     (lambda t: t + "[[analysis]]\nname = \"ind\"\ntask = \"text\"\n", "analysis[1].name", "already the name"),
+    (lambda t: t.replace("steps = [50, 0]", "steps = [50, 7, 0]"), "series[0].steps",
+     "the run will save no checkpoint at steps [7]; expected steps among its checkpoints [0, 1, 2, 4, 8, 16, 32, 50]"),
+    (lambda t: t.replace("steps = [50, 0]", "steps = [50, 0]\nresources = { num_gpus = -0.5 }"),
+     "series[0].resources.num_gpus", "in [0, 64]"),
+    (lambda t: t.replace("steps = [50, 0]", "steps = [50, 0]\nresources = { gpus = 1 }"),
+     "series[0].resources.gpus", "unknown key"),
+    (lambda t: t.replace('source = "run:rel/run"', 'source = "run:rel/run"\nresources = { num_cpus = 2 }'),
+     "series[1].resources", "only applies to a preset series"),
+    (lambda t: t.replace('series = ["a"]', 'series = ["a"]\nresources = { max_retries = 11 }'),
+     "analysis[0].resources.max_retries", "[0, 10]"),
+    (lambda t: t.replace('series = ["a"]', 'series = ["a"]\nresources = 2'), "analysis[0].resources", "a table"),
 ]
 
 
