@@ -130,6 +130,9 @@ def _plans(root: Path, w: dict) -> None:
              "plan_preset": '[[series]]\nname = "r"\npreset = "gpt5"\n[[analysis]]\nname = "a"\ntask = "text"\n',
              "plan_nospec": f'[[analysis]]\nname = "s"\nspec = "{w["spec_missing"]}"\n'}
     plans["plan_badkey"] = good.replace('source = "run:{run}"\n', 'source = "run:{run}"\nsteps = [0, 0]\n')
+    plans["plan_unsaved_steps"] = ('[[series]]\nname = "r"\npreset = "induction-gpt2"\ntrain = { max_steps = 50 }\n'
+                                   'steps = [3, 50]\n[[analysis]]\nname = "a"\ntask = "induction"\n')
+    plans["plan_bad_resources"] = good.replace('task = "induction"\n', 'task = "induction"\nresources = { num_gpus = -1 }\n')
     for name, text in plans.items():
         w[name] = root / f"{name}.toml"
         Path(w[name]).write_text(text.replace("{run}", str(root / "badrun" / "run")))
@@ -339,6 +342,10 @@ CASES = [
     C("sweep-plan-not-toml", "sweep {spec_notoml} --out {tmp}", "{spec_notoml}", "malformed TOML"),
     C("sweep-plan-bad-key", "sweep {plan_badkey} --out {tmp}", "series[0].steps", "distinct"),
     C("sweep-plan-unknown-preset", "sweep {plan_preset} --out {tmp}", "series[0].preset", "'gpt5'", "induction-gpt2"),
+    C("sweep-plan-unsaved-steps", "sweep {plan_unsaved_steps} --out {tmp}", "series[0].steps", "no checkpoint at steps [3]",
+      "[0, 1, 2, 4, 8, 16, 32, 50]"),
+    C("sweep-plan-bad-analysis-resources", "sweep {plan_bad_resources} --out {tmp}", "analysis[0].resources.num_gpus",
+      "in [0, 64]"),
     C("sweep-plan-missing-spec", "sweep {plan_nospec} --out {tmp}", "analysis[0].spec", "no-such-spec.toml"),
     C("sweep-out-is-file", "sweep {plan_good} --out {file}", "--out", "{file}", "not a folder"),
     C("sweep-unknown-engine", "sweep {plan_good} --out {tmp} --engine dask", "--engine", "'dask'"),
