@@ -10,7 +10,10 @@ tasks in plan order, whatever order they finished in, so it does not depend on t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -132,13 +135,46 @@ class _Graph:
         return [] if o.result is None else self._release(self._follow_ups(t, o.result), f"after {t.label}")
 
 
+LOCK_NAME = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold ``OUT/.sweep.lock`` for the sweep: a second sweep into the same folder (which would
+    train the same runs into the same run folders at once) is refused, naming the process that
+    holds it. The lock is the kernel's (``flock``), so it goes away with a killed driver."""
+    fh = open(out / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ValueError(f"another svfcheck sweep ({holder}) is running into {out}; wait for it to finish, "
+                             "or give this one another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
 def run_sweep(plan: Plan, out_dir, *, engine: str = "local", address: str | None = None,
               num_cpus: int | None = None, figures: bool = True, progress: bool = True) -> SweepResult:
     """Run ``plan`` into ``out_dir`` on ``engine`` (``local`` or ``ray``; ``address`` joins a
     running Ray cluster, ``num_cpus`` sizes a local one). Returns :class:`SweepResult`; failed
-    tasks are in ``result.failures`` (the sweep itself does not raise for them)."""
+    tasks are in ``result.failures`` (the sweep itself does not raise for them). ``ValueError``
+    when another sweep is running into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _run(plan, out, engine, address, num_cpus, figures, progress)
+
+
+def _run(plan: Plan, out: Path, engine: str, address: str | None, num_cpus: int | None, figures: bool,
+         progress: bool) -> SweepResult:
     t0 = time.perf_counter()
     eng = make_engine(engine, address, num_cpus)
     graph = _Graph(plan, out, ResultStore(out), progress)

@@ -1,10 +1,16 @@
 """Engines and the result store, with stand-in task functions: retries, failures reported
-while the other tasks finish, the same outcomes on Ray as in-process, and a store that
-trusts a file only when it is whole and names its key."""
+while the other tasks finish, the same outcomes on Ray as in-process, released tasks
+submitted as soon as their releaser finishes, a store that trusts a file only when it is whole
+and names its key, and the lock that keeps two sweeps out of one folder."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -165,3 +171,50 @@ def test_store_round_trip_and_damaged_files(tmp_path):
     with pytest.raises(ValueError):  # NaN is not JSON: refused, and nothing half-written stays
         store.put(other, {"y": float("nan")}, 0.0, 1)
     assert not store.path(other).exists() and not list(store.path(other).parent.glob(".*.tmp"))
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused_until_the_first_is_gone(tmp_path, capsys):
+    """Two drivers into one folder would train the same runs into the same run folders at
+    once: the second is refused (exit 2, naming the holder and what to do) while the first
+    holds ``OUT/.sweep.lock``; a killed holder releases it, and the sweep then runs."""
+    from svfcheck.sweep.cli import main
+    from tests._tiny_models import paragraph_word_tokenizer, save_tiny_folder
+
+    folder = save_tiny_folder(tmp_path / "tiny", "llama", paragraph_word_tokenizer(), seed=0)
+    (tmp_path / "tiny.toml").write_text(textwrap.dedent(f"""\
+        [model]
+        name = "{folder}"
+        dtype = "float64"
+        [task]
+        kind = "text"
+        n_prompts = 2
+        prompt_tokens = 16
+        [pairs]
+        min_pairs = 1
+        [[condition]]
+        kind = "max_reconstruction_error"
+        bound = 1e-5
+        """))
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[analysis]]\nname = "tiny"\nspec = "tiny.toml"\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import fcntl, os, time
+        fh = open({str(out / ".sweep.lock")!r}, "a+")
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fh.write(f"pid {{os.getpid()}}"); fh.flush()
+        print("held", flush=True)
+        time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = main([str(plan), "--out", str(out), "--quiet", "--no-figures"])
+        err = capsys.readouterr().err
+        assert rc == 2 and not (out / "tasks").exists()
+        assert f"another svfcheck sweep (pid {holder.pid}) is running into {out}; wait for it" in err, err
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=60)
+    assert main([str(plan), "--out", str(out), "--quiet", "--no-figures"]) == 0
+    assert json.loads((out / "sweep.json").read_text())["n_computed"] == 1
