@@ -173,28 +173,12 @@ def test_store_round_trip_and_damaged_files(tmp_path):
     assert not store.path(other).exists() and not list(store.path(other).parent.glob(".*.tmp"))
 
 
-def test_a_second_sweep_into_the_same_folder_is_refused_until_the_first_is_gone(tmp_path, capsys):
+def test_a_second_sweep_into_the_same_folder_is_refused_until_the_first_is_gone(tmp_path, tiny_spec, capsys):
     """Two drivers into one folder would train the same runs into the same run folders at
     once: the second is refused (exit 2, naming the holder and what to do) while the first
     holds ``OUT/.sweep.lock``; a killed holder releases it, and the sweep then runs."""
     from svfcheck.sweep.cli import main
-    from tests._tiny_models import paragraph_word_tokenizer, save_tiny_folder
 
-    folder = save_tiny_folder(tmp_path / "tiny", "llama", paragraph_word_tokenizer(), seed=0)
-    (tmp_path / "tiny.toml").write_text(textwrap.dedent(f"""\
-        [model]
-        name = "{folder}"
-        dtype = "float64"
-        [task]
-        kind = "text"
-        n_prompts = 2
-        prompt_tokens = 16
-        [pairs]
-        min_pairs = 1
-        [[condition]]
-        kind = "max_reconstruction_error"
-        bound = 1e-5
-        """))
     plan = tmp_path / "plan.toml"
     plan.write_text('[[analysis]]\nname = "tiny"\nspec = "tiny.toml"\n')
     out = tmp_path / "out"

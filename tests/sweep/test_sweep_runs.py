@@ -50,6 +50,21 @@ def _runs_plan(tmp_path: Path, smoke, name="runs.toml", steps='"first-middle-las
     return plan
 
 
+def _steps(run: Path) -> list[int]:
+    """The checkpoint steps of a run folder."""
+    return sorted(int(p.name.removeprefix("step")) for p in run.iterdir() if p.name.startswith("step"))
+
+
+def _damaged_copy(run: Path, folder: Path, steps, damaged: int) -> Path:
+    """A checkpoint folder with ``run``'s ``steps``, the weights of step ``damaged`` cut to
+    1,000 bytes (every load of it fails)."""
+    for s in steps:
+        shutil.copytree(run / f"step{s}", folder / f"step{s}")
+    weights = folder / f"step{damaged}" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return folder
+
+
 def _analysis_rows(rows):
     return [r for r in rows if r["kind"] != "train"]
 
@@ -133,7 +148,7 @@ def test_killed_driver_loses_only_running_tasks(tmp_path):
 
 def test_checkpoints_with_the_same_weights_are_flagged_and_excluded(smoke, tmp_path):
     run = smoke.out_dir / "runs" / "induction-s0"
-    steps = sorted(int(p.name.removeprefix("step")) for p in run.iterdir() if p.name.startswith("step"))
+    steps = _steps(run)
     folder = tmp_path / "mirror"
     first, last = steps[0], steps[-1]
     shutil.copytree(run / f"step{first}", folder / f"step{first}")
@@ -160,25 +175,7 @@ def test_checkpoints_with_the_same_weights_are_flagged_and_excluded(smoke, tmp_p
     assert c["step"] == last and c["value"] == first
 
 
-def test_gate_specs_run_as_sweep_tasks(tmp_path):
-    from tests._tiny_models import paragraph_word_tokenizer, save_tiny_folder
-
-    folder = save_tiny_folder(tmp_path / "tiny", "llama", paragraph_word_tokenizer(), seed=0)
-    spec = tmp_path / "tiny.toml"
-    spec.write_text(textwrap.dedent(f"""\
-        [model]
-        name = "{folder}"
-        dtype = "float64"
-        [task]
-        kind = "text"
-        n_prompts = 2
-        prompt_tokens = 16
-        [pairs]
-        min_pairs = 1
-        [[condition]]
-        kind = "max_reconstruction_error"
-        bound = 1e-5
-        """))
+def test_gate_specs_run_as_sweep_tasks(tmp_path, tiny_spec):
     plan = tmp_path / "spec.toml"
     plan.write_text('seeds = [0, 5]\n[[analysis]]\nname = "tiny"\nspec = "tiny.toml"\n')
     r = run_sweep(load_plan(plan), tmp_path / "out", engine="local", progress=False, figures=False)
@@ -196,13 +193,9 @@ def test_a_failing_task_is_retried_reported_and_the_rest_complete(smoke, tmp_pat
     from svfcheck.sweep.cli import main
 
     run = smoke.out_dir / "runs" / "induction-s0"
-    steps = sorted(int(p.name.removeprefix("step")) for p in run.iterdir() if p.name.startswith("step"))
+    steps = _steps(run)
     first, mid, last = steps[0], steps[len(steps) // 2], steps[-1]
-    folder = tmp_path / "damaged"
-    for s in (first, mid, last):
-        shutil.copytree(run / f"step{s}", folder / f"step{s}")
-    weights = folder / f"step{mid}" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
+    folder = _damaged_copy(run, tmp_path / "damaged", [first, mid, last], damaged=mid)
     plan = tmp_path / "fail.toml"
     plan.write_text(textwrap.dedent(f"""\
         [resources]
@@ -269,12 +262,8 @@ def test_failed_training_and_heads_skip_only_what_needs_them(smoke, tmp_path, ca
     from svfcheck.sweep.cli import main
 
     run = smoke.out_dir / "runs" / "induction-s1"
-    steps = sorted(int(p.name.removeprefix("step")) for p in run.iterdir() if p.name.startswith("step"))
-    damaged = tmp_path / "damaged"
-    for s in steps:
-        shutil.copytree(run / f"step{s}", damaged / f"step{s}")
-    weights = damaged / f"step{steps[-1]}" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
+    steps = _steps(run)
+    damaged = _damaged_copy(run, tmp_path / "damaged", steps, damaged=steps[-1])
     out = tmp_path / "out"
     (out / "runs").mkdir(parents=True)
     (out / "runs" / "planted").write_text("not a run folder")
