@@ -179,6 +179,7 @@ def _run(plan: Plan, out: Path, engine: str, address: str | None, num_cpus: int 
     eng = make_engine(engine, address, num_cpus)
     graph = _Graph(plan, out, ResultStore(out), progress)
     try:
+        eng.check_requests(plan.resource_requests())
         first = graph.start()
         if first:
             eng.run(run_task, first, graph.on_done)

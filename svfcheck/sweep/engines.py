@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .plan import Resources
 from .tasks import Task
 
 __all__ = ["Outcome", "LocalEngine", "RayEngine", "make_engine", "ENGINES"]
@@ -62,6 +63,10 @@ class LocalEngine:
                 queue.extend(on_done(Outcome(t, None, err, t.resources.max_retries + 1, time.perf_counter() - t0,
                                              trace)) or ())
 
+    def check_requests(self, requests: list[tuple[str, Resources]]) -> None:
+        """Nothing to check: in this process a task gets what it asks for (its ``num_cpus``
+        torch threads; a GPU when CUDA is present)."""
+
     def close(self) -> None:
         pass
 
@@ -73,11 +78,30 @@ def _timed(fn: Fn, kind: str, payload: dict, num_cpus: float) -> tuple[dict, flo
     return res, time.perf_counter() - t0
 
 
+def _token_auth_for_joining() -> None:
+    """Join a cluster the way ``ray start --head`` set it up. ``ray start`` turns Ray's token
+    authentication on when a token is available (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``, which any earlier local ``ray.init`` creates), but a process that
+    only calls ``ray.init(address=...)`` does not, and is then refused (``InvalidAuthToken``,
+    reported as "Failed to connect"). So the same rule is applied here, with Ray's own function
+    for it (it also refreshes Ray's cached config, which setting ``RAY_AUTH_MODE`` alone would
+    not); ``RAY_AUTH_MODE`` set by the user wins, and a cluster without token authentication
+    accepts such a client too. A Ray without token authentication has no such function."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 class RayEngine:
     """Tasks as Ray remote functions with the plan's ``num_cpus``/``num_gpus`` and
     ``max_retries`` (application exceptions included). ``address=None`` starts a local
     cluster for the run (``num_cpus`` CPUs, default all) and stops it on :meth:`close`;
-    an address joins that cluster and leaves it running."""
+    an address joins that cluster (with Ray's token authentication when a token is
+    available: :func:`_token_auth_for_joining`) and leaves it running."""
 
     name = "ray"
 
@@ -94,6 +118,7 @@ class RayEngine:
                 if address is None:
                     ray.init(num_cpus=num_cpus, **kw)
                 else:
+                    _token_auth_for_joining()
                     ray.init(address=address, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
@@ -102,12 +127,17 @@ class RayEngine:
     def check_resources(self, tasks: list[Task]) -> None:
         """``ValueError`` when a task asks for more CPUs or GPUs than the whole cluster has (Ray
         would wait for them forever)."""
+        self.check_requests([(f"task {t.label!r}", t.resources) for t in tasks])
+
+    def check_requests(self, requests: list[tuple[str, Resources]]) -> None:
+        """:meth:`check_resources` for named requests (``Plan.resource_requests``: checked
+        before any work, so that a sweep does not stop after hours of training)."""
         total = self.ray.cluster_resources()
-        for t in tasks:
-            for what, asked in (("CPU", t.resources.num_cpus), ("GPU", t.resources.num_gpus)):
+        for who, r in requests:
+            for what, asked in (("CPU", r.num_cpus), ("GPU", r.num_gpus)):
                 if asked > total.get(what, 0.0):
-                    raise ValueError(f"task {t.label!r} asks for {asked:g} {what}(s) but the Ray cluster has "
-                                     f"{total.get(what, 0.0):g}; lower [resources] num_{what.lower()}s in the plan "
+                    raise ValueError(f"{who} asks for {asked:g} {what}(s) but the Ray cluster has "
+                                     f"{total.get(what, 0.0):g}; lower num_{what.lower()}s in the plan's resources "
                                      "or join a cluster that has them (--address)")
 
     def run(self, fn: Fn, tasks: list[Task], on_done: OnDone) -> None:

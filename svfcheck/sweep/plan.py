@@ -91,6 +91,12 @@ class Plan:
         """What each task of analysis ``a`` asks for."""
         return a.resources or self.resources
 
+    def resource_requests(self) -> list[tuple[str, Resources]]:
+        """What each group of tasks asks for, named: every preset series' training, every
+        analysis' tasks (an engine checks them all before any work starts)."""
+        return ([(f"the training task of series {s.name!r}", self.train_resources(s)) for s in self.series if s.preset]
+                + [(f"each task of analysis {a.name!r}", self.analysis_resources(a)) for a in self.analyses])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "file": str(self.path),

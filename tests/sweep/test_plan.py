@@ -65,6 +65,9 @@ def test_series_and_analysis_resources_override_the_plan_key_by_key(write_plan, 
     assert p.train_resources(b) == p.resources == Resources(1.5, 0.25, 4)  # no own table: the plan's
     assert p.analysis_resources(an) == Resources(num_cpus=2.0, num_gpus=0.25, max_retries=0)
     assert p.to_json()["series"][0]["resources"] == {"num_cpus": 1.5, "num_gpus": 1.0, "max_retries": 4}
+    # what an engine checks before any work: only the requests tasks will make, each named
+    assert p.resource_requests() == [("the training task of series 'a'", Resources(1.5, 1.0, 4)),
+                                     ("each task of analysis 'ind'", Resources(2.0, 0.25, 0))]
     (t,) = train_tasks(p, tmp_path / "out")
     assert t.resources == p.train_resources(a) and t.payload["gpu"] is True
     # the analysis' tasks, on a series of existing checkpoints (a plain folder of one step)

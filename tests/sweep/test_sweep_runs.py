@@ -104,7 +104,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_cluster_joined_by_address(smoke, tmp_path):
+def test_ray_cluster_joined_by_address(smoke, tmp_path, capsys, monkeypatch):
+    """As a user would: ``ray start --head`` in a shell, then ``svfcheck sweep --address`` in a
+    process that has not used Ray before (no ``RAY_AUTH_MODE`` left by an earlier test's
+    ``ray.init``: with a token in ``~/.ray/auth_token`` the head turns token authentication on,
+    and a driver that did not would be refused)."""
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     ray = Path(sys.executable).with_name("ray")
     port = _free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
@@ -114,10 +119,18 @@ def test_ray_cluster_joined_by_address(smoke, tmp_path):
     try:
         from svfcheck.sweep.cli import main
 
+        # resources the cluster does not have are refused before any task, naming who asked
+        greedy = _runs_plan(tmp_path, smoke, name="greedy.toml")
+        greedy.write_text(greedy.read_text().replace('task = "induction"', 'task = "induction"\nresources = { num_gpus = 0.5 }'))
+        rc_greedy = main([str(greedy), "--out", str(tmp_path / "greedy"), "--engine", "ray",
+                          "--address", f"127.0.0.1:{port}", "--quiet", "--no-figures"])
+        greedy_err = capsys.readouterr().err
         rc = main([str(_runs_plan(tmp_path, smoke)), "--out", str(tmp_path / "joined"), "--engine", "ray",
                    "--address", f"127.0.0.1:{port}", "--quiet", "--no-figures"])
     finally:
         subprocess.run([str(ray), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    assert rc_greedy == 2 and not (tmp_path / "greedy" / "tasks").exists()
+    assert "each task of analysis 'induction' asks for 0.5 GPU(s) but the Ray cluster has 0" in greedy_err, greedy_err
     assert rc == 0
     d = json.loads((tmp_path / "joined" / "sweep.json").read_text())
     assert d["engine"] == "ray" and d["address"] == f"127.0.0.1:{port}" and d["n_computed"] == 10
