@@ -115,8 +115,8 @@ class RayEngine:
         if self.started:
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             try:
-                if address is None:
-                    ray.init(num_cpus=num_cpus, **kw)
+                if address is None:  # "local": a new cluster even when one is running here (ray start --head)
+                    ray.init(address="local", num_cpus=num_cpus, **kw)
                 else:
                     _token_auth_for_joining()
                     ray.init(address=address, **kw)

@@ -8,6 +8,7 @@ other tests reuse those runs through ``source = "run:DIR"`` series where they ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -104,36 +106,65 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _ray_head(num_cpus: int):
+    """``ray start --head --block`` on 127.0.0.1 in its own session and temp folder, as a user
+    would start one in a shell; yields its address. Stopped by killing its process group, not
+    with ``ray stop`` (which would stop every Ray cluster on the machine, a user's too)."""
+    ray = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    temp = Path(tempfile.mkdtemp(prefix="svfray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen([str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", str(num_cpus), "--include-dashboard", "false", "--disable-usage-stats",
+                             "--temp-dir", str(temp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, "ray start --head exited"
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def test_ray_cluster_joined_by_address(smoke, tmp_path, capsys, monkeypatch):
     """As a user would: ``ray start --head`` in a shell, then ``svfcheck sweep --address`` in a
     process that has not used Ray before (no ``RAY_AUTH_MODE`` left by an earlier test's
     ``ray.init``: with a token in ``~/.ray/auth_token`` the head turns token authentication on,
-    and a driver that did not would be refused)."""
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    ray = Path(sys.executable).with_name("ray")
-    port = _free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    subprocess.run([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                    "--include-dashboard", "false", "--disable-usage-stats"], check=True, capture_output=True, env=env,
-                   timeout=120)
-    try:
-        from svfcheck.sweep.cli import main
+    and a driver that did not would be refused). While that cluster runs, ``--engine ray``
+    without ``--address`` still starts a cluster of its own, of the size asked."""
+    from svfcheck.sweep.cli import main
+    from svfcheck.sweep.engines import RayEngine
 
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with _ray_head(num_cpus=2) as address:
+        own = RayEngine(num_cpus=1)
+        try:
+            own_cpus = own.ray.cluster_resources().get("CPU")
+        finally:
+            own.close()
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # that local ray.init set it
         # resources the cluster does not have are refused before any task, naming who asked
         greedy = _runs_plan(tmp_path, smoke, name="greedy.toml")
         greedy.write_text(greedy.read_text().replace('task = "induction"', 'task = "induction"\nresources = { num_gpus = 0.5 }'))
         rc_greedy = main([str(greedy), "--out", str(tmp_path / "greedy"), "--engine", "ray",
-                          "--address", f"127.0.0.1:{port}", "--quiet", "--no-figures"])
+                          "--address", address, "--quiet", "--no-figures"])
         greedy_err = capsys.readouterr().err
         rc = main([str(_runs_plan(tmp_path, smoke)), "--out", str(tmp_path / "joined"), "--engine", "ray",
-                   "--address", f"127.0.0.1:{port}", "--quiet", "--no-figures"])
-    finally:
-        subprocess.run([str(ray), "stop", "--force"], capture_output=True, env=env, timeout=120)
+                   "--address", address, "--quiet", "--no-figures"])
+    assert own_cpus == 1.0  # its own cluster, not the 2-CPU head (ray.init alone would join the head)
     assert rc_greedy == 2 and not (tmp_path / "greedy" / "tasks").exists()
     assert "each task of analysis 'induction' asks for 0.5 GPU(s) but the Ray cluster has 0" in greedy_err, greedy_err
     assert rc == 0
     d = json.loads((tmp_path / "joined" / "sweep.json").read_text())
-    assert d["engine"] == "ray" and d["address"] == f"127.0.0.1:{port}" and d["n_computed"] == 10
+    assert d["engine"] == "ray" and d["address"] == address and d["n_computed"] == 10
     # the same analyses of the same checkpoints as the in-process smoke sweep, row for row
     assert read_parquet(tmp_path / "joined" / "sweep.parquet") == _analysis_rows(smoke.rows)
 
