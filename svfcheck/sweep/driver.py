@@ -142,8 +142,15 @@ LOCK_NAME = ".sweep.lock"
 def _exclusive(out: Path):
     """Hold ``OUT/.sweep.lock`` for the sweep: a second sweep into the same folder (which would
     train the same runs into the same run folders at once) is refused, naming the process that
-    holds it. The lock is the kernel's (``flock``), so it goes away with a killed driver."""
-    fh = open(out / LOCK_NAME, "a+")
+    holds it. The lock is the kernel's (``flock``), so it goes away with a killed driver. A
+    symlink planted in its place is refused, never followed (the pid is written into the file)."""
+    path = out / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise ValueError(f"cannot use {path} as the sweep's lock file ({e.strerror or e}); remove it, "
+                         "or give the sweep another --out") from None
+    fh = os.fdopen(fd, "r+")
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -202,3 +202,25 @@ def test_a_second_sweep_into_the_same_folder_is_refused_until_the_first_is_gone(
         holder.wait(timeout=60)
     assert main([str(plan), "--out", str(out), "--quiet", "--no-figures"]) == 0
     assert json.loads((out / "sweep.json").read_text())["n_computed"] == 1
+
+
+@pytest.mark.parametrize("planted", ["symlink", "folder"])
+def test_a_planted_lock_file_is_refused_not_followed(tmp_path, tiny_spec, capsys, planted):
+    """``OUT/.sweep.lock`` planted as a symlink (to a file the driver would otherwise truncate)
+    or as a folder: exit 2 naming the path, and the symlink's target is untouched."""
+    from svfcheck.sweep.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    if planted == "symlink":
+        (out / ".sweep.lock").symlink_to(victim)
+    else:
+        (out / ".sweep.lock").mkdir()
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[analysis]]\nname = "s"\nspec = "tiny.toml"\n')
+    rc = main([str(plan), "--out", str(out), "--quiet", "--no-figures"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"cannot use {out / '.sweep.lock'} as the sweep's lock file" in err, err
+    assert victim.read_text() == "keep me" and not (out / "tasks").exists()
