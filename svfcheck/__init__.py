@@ -31,6 +31,10 @@ Metrics
     :func:`rolls_tovee`, :func:`reconstruction_count`.
 Toy model and theory
     :class:`ToyConfig`, :func:`toy_preset`, :func:`train_toy`; :func:`theory_summary`.
+Sweeps (models × checkpoints × analyses × seeds as resumable tasks; ``plans/README.md``)
+    :func:`load_plan` (a checked TOML plan; :class:`PlanError` names file and key) →
+    :func:`run_sweep` (in this process or on Ray) → :class:`SweepResult` (the merged rows,
+    ``sweep.json``'s content, failures).
 
 The mathematics behind each name is in ``docs/math.md``.
 """
@@ -87,6 +91,11 @@ _API: dict[str, tuple[str, str]] = {
     "toy_preset": ("svfcheck.toy.config", "preset"),
     "train_toy": ("svfcheck.toy.train", "train_many"),
     "theory_summary": ("svfcheck.theory.summary", "theory_summary"),
+    # sweeps
+    "load_plan": ("svfcheck.sweep.plan", "load_plan"),
+    "PlanError": ("svfcheck.sweep.plan", "PlanError"),
+    "run_sweep": ("svfcheck.sweep.driver", "run_sweep"),
+    "SweepResult": ("svfcheck.sweep.driver", "SweepResult"),
 }
 
 __all__ = ["__version__", *_API]
