@@ -53,6 +53,7 @@ class _Graph:
     def __init__(self, plan: Plan, out: Path, store: ResultStore, progress: bool):
         self.plan, self.out, self.store, self.progress = plan, out, store, progress
         self.series = {s.name: (i, s) for i, s in enumerate(plan.series)}
+        self.analyses = {a.name: (i, a) for i, a in enumerate(plan.analyses)}
         self.tasks: dict[str, Task] = {}
         self.order: dict[str, tuple] = {}
         self.done: dict[str, dict] = {}
@@ -83,10 +84,9 @@ class _Graph:
         if t.kind == "train":
             return self._heads(self.series[t.payload["series"]][1])
         if t.kind == "heads":
-            ai = next(i for i, a in enumerate(self.plan.analyses) if a.name == t.payload["analysis"])
+            ai, a = self.analyses[t.payload["analysis"]]
             si, s = self.series[t.payload["series"]]
-            return [((2, ai, si, i), c) for i, c in
-                    enumerate(checkpoint_tasks(self.plan, self.out, self.plan.analyses[ai], s, t.key, result))]
+            return [((2, ai, si, i), c) for i, c in enumerate(checkpoint_tasks(self.plan, self.out, a, s, t.key, result))]
         return []
 
     def _release(self, tasks: list[tuple[tuple, Task]], why: str) -> list[Task]:

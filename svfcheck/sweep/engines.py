@@ -147,6 +147,8 @@ class RayEngine:
 
         def submit(new: Iterable[Task] | None) -> None:
             new = list(new or ())
+            if not new:  # most finished tasks release nothing: no cluster query for them
+                return
             self.check_resources(new)
             for t in new:
                 r = t.resources

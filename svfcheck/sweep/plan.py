@@ -150,7 +150,7 @@ def _steps(r: _T) -> str | tuple[int, ...]:
 
 def _series(file: Path, i: int, t: Any, base: Resources) -> SeriesPlan:
     r = _T(file, f"series[{i}]", t, ("name", "preset", "train", "source", "steps", "resources"))
-    name, preset, source = r.name(), r.str_("preset", None), r.str_("source", None)
+    name, preset, source, steps = r.name(), r.str_("preset", None), r.str_("source", None), _steps(r)
     if (preset is None) == (source is None):
         raise r.err("preset", "give exactly one of preset and source",
                     'preset = "induction-gpt2" (trained here) or source = "run:DIR" / "folder:DIR" / a manifest / '
@@ -170,7 +170,6 @@ def _series(file: Path, i: int, t: Any, base: Resources) -> SeriesPlan:
             cfg = make(preset, **train)
         except (TypeError, ValueError) as e:
             raise r.err("train", str(e), "overrides that LMTrainConfig accepts") from None
-        steps = _steps(r)
         missing = [] if isinstance(steps, str) else sorted(set(steps) - set(cfg.schedule()))
         if missing:  # caught here, not after the run has trained
             raise r.err("steps", f"the run will save no checkpoint at steps {missing}",
@@ -189,7 +188,7 @@ def _series(file: Path, i: int, t: Any, base: Resources) -> SeriesPlan:
         if not p.is_absolute():
             resolved = (file.parent / p).resolve()
             source = (source.split(":", 1)[0] + ":" if re.match(r"(run|folder):", source) else "") + str(resolved)
-    return SeriesPlan(name, preset, tuple(sorted(train.items())), source, _steps(r), _own_resources(file, r, base))
+    return SeriesPlan(name, preset, tuple(sorted(train.items())), source, steps, _own_resources(file, r, base))
 
 
 def _analysis(file: Path, i: int, t: Any, series_names: set[str], base: Resources) -> AnalysisPlan:
